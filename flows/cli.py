@@ -1,0 +1,170 @@
+"""The ``morphloop`` command line.
+
+``--json`` output goes to stdout, one object per line, and nothing else does; progress and logs go to stderr.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="morphloop",
+    help="MorphoLoop: autonomous design of battery cathode-precursor microstructure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class KindChoice(str, Enum):
+    particles = "particles"
+    texture = "texture"
+    auto = "auto"
+
+
+class SegmenterChoice(str, Enum):
+    watershed = "watershed"
+    sam = "sam"
+
+
+@app.callback()
+def _root() -> None:
+    """MorphoLoop: quantify SEM morphology, predict it from synthesis conditions, design and run campaigns."""
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@app.command()
+def describe(
+    images: list[Path] = typer.Argument(..., help="SEM image files (TIFF, PNG, JPEG).", show_default=False),
+    pixel_size_um: Optional[float] = typer.Option(
+        None, "--pixel-size-um", help="Pixel size in µm; overrides the file's calibration tags."),
+    kind: KindChoice = typer.Option(
+        KindChoice.auto, "--kind",
+        help="particles (low magnification: D50, sphericity), texture (high magnification), or auto "
+             "(by pixel size: finer than 0.025 µm/px is texture)."),
+    segmenter: SegmenterChoice = typer.Option(
+        SegmenterChoice.watershed, "--segmenter", help="Instance segmentation for particle images."),
+    sam_checkpoint: Optional[Path] = typer.Option(
+        None, "--sam-checkpoint", help="Local Segment-Anything checkpoint (.pth or .safetensors); "
+                                       "implies --segmenter sam."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per image on stdout."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-particle table to this CSV file."),
+    overlay: Optional[Path] = typer.Option(
+        None, "--overlay", help="Write PNG overlays (outlines coloured by sphericity) into this directory."),
+) -> None:
+    """Quantify morphology: D50 and sphericity of secondary particles, texture of primary particles.
+
+    Each image is described independently: a bad image is reported on stderr (and as a JSON record with an
+    "error" key) while the others are still described; the exit code is 1 if any image failed.
+    """
+    import pandas as pd
+    from rich.progress import Progress
+
+    from models.describe import JSON_KEYS, DescribeError, DescribeOptions, Describer
+    from models.imageio import ImageInputError, validate_pixel_size
+
+    try:
+        validate_pixel_size(pixel_size_um)
+    except ImageInputError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2)
+    if sam_checkpoint is not None:
+        segmenter = SegmenterChoice.sam
+    options = DescribeOptions(kind=kind.value, segmenter=segmenter.value,
+                              sam_checkpoint=str(sam_checkpoint) if sam_checkpoint else None)
+    try:
+        describer = Describer(options)
+    except DescribeError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2)
+
+    tables, failures = [], 0
+    with Progress(console=_stderr_console(), transient=True, disable=len(images) < 2) as progress:
+        task = progress.add_task("describing", total=len(images))
+        for path in images:
+            try:
+                result = describer.describe(path, pixel_size_um)
+            except DescribeError as exc:
+                failures += 1
+                _err(f"error: {exc}")
+                if as_json:
+                    record = {key: None for key in JSON_KEYS}
+                    record.update(image=str(path), error=str(exc))
+                    print(json.dumps(record, default=_json_default), flush=True)
+                progress.advance(task)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one broken image must not stop the batch
+                failures += 1
+                _err(f"error: {path}: unexpected {type(exc).__name__}: {exc}")
+                if as_json:
+                    record = {key: None for key in JSON_KEYS}
+                    record.update(image=str(path), error=f"{type(exc).__name__}: {exc}")
+                    print(json.dumps(record, default=_json_default), flush=True)
+                progress.advance(task)
+                continue
+            record = result.record()
+            if as_json:
+                print(json.dumps(record, default=_json_default), flush=True)
+            else:
+                _print_human(record, result.kind)
+            if not result.particles.empty:
+                tables.append(result.particles.assign(image=str(path)))
+            if overlay is not None:
+                from models.overlay import save_overlay
+
+                save_overlay(result, overlay / f"{Path(path).stem}_overlay.png")
+            progress.advance(task)
+    if csv is not None:
+        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image"])
+        cols = ["image"] + [c for c in table.columns if c != "image"]
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        table[cols].to_csv(csv, index=False)
+        _err(f"per-particle table: {csv} ({len(table)} particles)")
+    if failures:
+        _err(f"{failures} of {len(images)} image(s) could not be described")
+        raise typer.Exit(1)
+
+
+def _print_human(record: dict, kind: str) -> None:
+    def fmt(v, spec=".4g"):
+        return "-" if v is None else format(v, spec)
+
+    if kind == "texture":
+        typer.echo(f"{record['image']}: texture={fmt(record['texture'], '.3f')} "
+                   f"energy={fmt(record['texture_energy'], '.4f')} (pixel {record['pixel_size_um']:g} µm)")
+    else:
+        typer.echo(f"{record['image']}: n={record['n_particles']} D50={fmt(record['d50_um'])} µm "
+                   f"D50(vol)={fmt(record['d50_volume_um'])} µm D10={fmt(record['d10_um'])} "
+                   f"D90={fmt(record['d90_um'])} sphericity={fmt(record['sphericity_mean'], '.3f')}"
+                   f"±{fmt(record['sphericity_std'], '.3f')} (pixel {record['pixel_size_um']:g} µm)")
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

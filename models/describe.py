@@ -1,0 +1,153 @@
+"""One image in, the morphology fingerprint out: what ``morphloop describe`` computes for each file.
+
+Low-magnification images give secondary-particle descriptors (D50, sphericity); high-magnification images give
+primary-particle texture. ``kind="auto"`` decides by pixel size: frames finer than
+:data:`TEXTURE_MAX_PIXEL_SIZE_UM` are texture images (~15k× and above), coarser ones particle images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from models.imageio import ImageInputError, SEMImage, read_image, validate_pixel_size
+from models.infobar import InfoBar, detect_info_bar
+from models.particles import ParticleFilter, measure_particles, size_statistics
+from models.segmentation import NoParticlesError, WatershedConfig, segment_watershed
+from models.texture import TextureConfig, TextureError, TextureResult, measure_texture
+
+Kind = Literal["particles", "texture", "auto"]
+SegmenterName = Literal["watershed", "sam"]
+
+#: ``kind="auto"`` treats images with pixels finer than this (µm) as high-magnification texture images.
+TEXTURE_MAX_PIXEL_SIZE_UM = 0.025
+
+#: Keys of one ``--json`` record, in order (a contract: other tools read them).
+JSON_KEYS = ["image", "pixel_size_um", "n_particles", "d50_um", "d50_volume_um", "d10_um", "d90_um",
+             "sphericity_mean", "sphericity_std", "texture", "texture_energy"]
+
+
+class DescribeError(ValueError):
+    """An image that could not be described (bad input or nothing to measure)."""
+
+
+@dataclass
+class DescribeOptions:
+    """How to describe images (CLI flags map onto these)."""
+
+    kind: Kind = "auto"
+    segmenter: SegmenterName = "watershed"
+    sam_checkpoint: str | None = None
+    particle_filter: ParticleFilter = field(default_factory=ParticleFilter)
+    watershed: WatershedConfig = field(default_factory=WatershedConfig)
+    texture: TextureConfig = field(default_factory=TextureConfig)
+
+
+@dataclass
+class ImageDescription:
+    """Everything measured on one image."""
+
+    image: str
+    pixel_size_um: float
+    kind: str
+    descriptors: dict
+    particles: pd.DataFrame
+    pixels: np.ndarray
+    info_bar: InfoBar
+    labels: np.ndarray | None = None
+    texture: TextureResult | None = None
+
+    def record(self) -> dict:
+        """The ``--json`` record: :data:`JSON_KEYS`, ``None`` where not applicable."""
+        out = {key: None for key in JSON_KEYS}
+        out.update({k: v for k, v in self.descriptors.items() if k in out})
+        out["image"] = self.image
+        out["pixel_size_um"] = self.pixel_size_um
+        return out
+
+
+class Describer:
+    """Describes images one after another, loading a Segment-Anything model at most once."""
+
+    def __init__(self, options: DescribeOptions | None = None):
+        self.options = options or DescribeOptions()
+        self._sam = None
+        if self.options.segmenter not in ("watershed", "sam"):
+            raise DescribeError(f"unknown segmenter {self.options.segmenter!r}; use 'watershed' or 'sam'")
+        if self.options.kind not in ("particles", "texture", "auto"):
+            raise DescribeError(f"unknown kind {self.options.kind!r}; use 'particles', 'texture' or 'auto'")
+        if self.options.segmenter == "sam" and not self.options.sam_checkpoint:
+            raise DescribeError(
+                "--segmenter sam needs a local checkpoint: pass --sam-checkpoint PATH "
+                "(e.g. sam_vit_b_01ec64.pth); no weights are downloaded"
+            )
+
+    def segment(self, pixels: np.ndarray) -> np.ndarray:
+        """Instance labels of ``pixels`` with the configured segmenter."""
+        if self.options.segmenter == "sam":
+            if self._sam is None:
+                from models.sam import SamSegmenter
+
+                self._sam = SamSegmenter(self.options.sam_checkpoint)
+            return self._sam.segment(pixels)
+        return segment_watershed(pixels, self.options.watershed)
+
+    def describe(self, path: str | Path, pixel_size_um: float | None = None) -> ImageDescription:
+        """Describe one image file.
+
+        Raises
+        ------
+        DescribeError
+            With a message naming the problem and the fix.
+        """
+        try:
+            image = read_image(path, pixel_size_um)
+        except ImageInputError as exc:
+            raise DescribeError(str(exc)) from exc
+        return self.describe_array(image)
+
+    def describe_array(self, image: SEMImage) -> ImageDescription:
+        """Describe an already loaded image."""
+        name = image.path
+        if image.pixel_size_um is None:
+            raise DescribeError(
+                f"{name}: no pixel size: the file carries no calibration tags; pass --pixel-size-um X "
+                "(µm per pixel, read it from the scale bar)"
+            )
+        pixels = image.pixels
+        if float(np.ptp(pixels)) < 1e-6:
+            raise DescribeError(f"{name}: image is constant (every pixel = {float(pixels.flat[0]):.3g}); "
+                                "nothing to describe")
+        bar = detect_info_bar(pixels)
+        micrograph = pixels[bar.analysis_rows(pixels.shape[0])]
+        kind = self.options.kind
+        if kind == "auto":
+            kind = "texture" if image.pixel_size_um <= TEXTURE_MAX_PIXEL_SIZE_UM else "particles"
+        try:
+            if kind == "texture":
+                result = measure_texture(micrograph, image.pixel_size_um, self.options.texture)
+                descriptors = {"texture": result.texture, "texture_energy": result.texture_energy}
+                return ImageDescription(name, image.pixel_size_um, kind, descriptors, pd.DataFrame(),
+                                        micrograph, bar, texture=result)
+            labels = self.segment(micrograph)
+            table = measure_particles(labels, image.pixel_size_um, self.options.particle_filter)
+        except (TextureError, NoParticlesError) as exc:
+            raise DescribeError(f"{name}: {exc}") from exc
+        if table.empty:
+            n_raw = int(labels.max())
+            raise DescribeError(
+                f"{name}: no complete particle found ({n_raw} segmented, all touching the border, too small "
+                "or merged); check the image is a low-magnification particle micrograph and --pixel-size-um"
+            )
+        return ImageDescription(name, image.pixel_size_um, kind, size_statistics(table), table, micrograph,
+                                bar, labels=labels)
+
+
+def describe_image(path: str | Path, pixel_size_um: float | None = None,
+                   options: DescribeOptions | None = None) -> ImageDescription:
+    """Describe one image file with default or given options (convenience for :class:`Describer`)."""
+    validate_pixel_size(pixel_size_um)
+    return Describer(options).describe(path, pixel_size_um)
