@@ -93,10 +93,17 @@ def _border_labels(labels: np.ndarray) -> set[int]:
 
 
 def _solidity(mask: np.ndarray, area: int) -> float:
-    from skimage.morphology import convex_hull_image
+    """Pixel area over the area of the convex hull of the pixels' corners."""
+    from scipy.spatial import ConvexHull, QhullError
 
-    hull = convex_hull_image(mask)
-    return float(area / max(hull.sum(), 1))
+    edge = mask & ~ndi.binary_erosion(mask)
+    yy, xx = np.nonzero(edge)
+    corners = np.concatenate([np.c_[xx + dx, yy + dy] for dx in (0, 1) for dy in (0, 1)])
+    try:
+        hull_area = ConvexHull(corners).volume
+    except QhullError:  # degenerate (a line of pixels)
+        return 1.0
+    return float(min(1.0, area / hull_area))
 
 
 def weighted_quantile(values: np.ndarray, q: float, weights: np.ndarray) -> float:
