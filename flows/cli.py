@@ -43,11 +43,21 @@ def _err(message: str) -> None:
 
 
 def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _json_line(record: dict) -> str:
+    """One strict-JSON line: NaN and infinities (which ``json`` would write as bare ``NaN``) become null."""
+    def clean(value):
+        if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    return json.dumps({k: clean(v) for k, v in record.items()}, default=_json_default, allow_nan=False)
 
 
 @app.command()
@@ -86,6 +96,10 @@ def describe(
         _err(f"error: {exc}")
         raise typer.Exit(2)
     if sam_checkpoint is not None:
+        if not sam_checkpoint.is_file():
+            _err(f"error: --sam-checkpoint: {sam_checkpoint} is not a file; pass a local SAM checkpoint "
+                 "(.pth or .safetensors); no weights are downloaded")
+            raise typer.Exit(2)
         segmenter = SegmenterChoice.sam
     options = DescribeOptions(kind=kind.value, segmenter=segmenter.value,
                               sam_checkpoint=str(sam_checkpoint) if sam_checkpoint else None)
@@ -95,19 +109,30 @@ def describe(
         _err(f"error: {exc}")
         raise typer.Exit(2)
 
-    tables, failures = [], 0
+    # A checkpoint that cannot be loaded is a bad flag, not a bad image: stop at once (exit 2) rather than
+    # retrying the load and failing every image of the batch.
+    bad_flag_errors: tuple[type[Exception], ...] = ()
+    if segmenter is SegmenterChoice.sam:
+        from models.sam import SamCheckpointError
+
+        bad_flag_errors = (SamCheckpointError,)
+
+    tables, failures, overlay_failures = [], 0, 0
     with Progress(console=_stderr_console(), transient=True, disable=len(images) < 2) as progress:
         task = progress.add_task("describing", total=len(images))
         for path in images:
             try:
                 result = describer.describe(path, pixel_size_um)
+            except bad_flag_errors as exc:
+                _err(f"error: --sam-checkpoint: {exc}")
+                raise typer.Exit(2)
             except DescribeError as exc:
                 failures += 1
                 _err(f"error: {exc}")
                 if as_json:
                     record = {key: None for key in JSON_KEYS}
                     record.update(image=str(path), error=str(exc))
-                    print(json.dumps(record, default=_json_default), flush=True)
+                    print(_json_line(record), flush=True)
                 progress.advance(task)
                 continue
             except Exception as exc:  # noqa: BLE001 - one broken image must not stop the batch
@@ -116,20 +141,24 @@ def describe(
                 if as_json:
                     record = {key: None for key in JSON_KEYS}
                     record.update(image=str(path), error=f"{type(exc).__name__}: {exc}")
-                    print(json.dumps(record, default=_json_default), flush=True)
+                    print(_json_line(record), flush=True)
                 progress.advance(task)
                 continue
+            if overlay is not None:
+                from models.overlay import save_overlay
+
+                try:
+                    save_overlay(result, overlay / f"{Path(path).stem}_overlay.png")
+                except Exception as exc:  # noqa: BLE001 - a failed overlay is reported, the batch goes on
+                    overlay_failures += 1
+                    _err(f"error: {path}: overlay not written ({type(exc).__name__}: {exc})")
             record = result.record()
             if as_json:
-                print(json.dumps(record, default=_json_default), flush=True)
+                print(_json_line(record), flush=True)
             else:
                 _print_human(record, result.kind)
             if not result.particles.empty:
                 tables.append(result.particles.assign(image=str(path)))
-            if overlay is not None:
-                from models.overlay import save_overlay
-
-                save_overlay(result, overlay / f"{Path(path).stem}_overlay.png")
             progress.advance(task)
     if csv is not None:
         table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image"])
@@ -139,6 +168,9 @@ def describe(
         _err(f"per-particle table: {csv} ({len(table)} particles)")
     if failures:
         _err(f"{failures} of {len(images)} image(s) could not be described")
+    if overlay_failures:
+        _err(f"{overlay_failures} overlay(s) could not be written to {overlay}")
+    if failures or overlay_failures:
         raise typer.Exit(1)
 
 

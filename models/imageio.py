@@ -69,7 +69,7 @@ def to_gray_float(array: np.ndarray) -> np.ndarray:
         a = (a.astype(np.float32) @ np.array([0.2125, 0.7154, 0.0721], np.float32))
     elif a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
-    elif a.ndim == 3 and a.shape[-1] == 1:
+    elif a.ndim == 3 and a.shape[-1] in (1, 2):  # gray, or gray + alpha (PNG mode "LA")
         a = a[..., 0]
     if a.ndim != 2:
         raise ImageInputError(
@@ -139,7 +139,7 @@ def _check_size(shape: tuple[int, ...], path: Path) -> None:
     mpx = shape[0] * shape[1] / 1e6
     if mpx > MAX_MEGAPIXELS:
         raise ImageInputError(
-            f"{path}: image is {shape[1]}x{shape[0]} ({mpx:.0f} Mpx), above the {MAX_MEGAPIXELS:.0f} Mpx "
+            f"{path}: image is {shape[1]}x{shape[0]} ({mpx:.3g} Mpx), above the {MAX_MEGAPIXELS:g} Mpx "
             "limit; crop or tile it into smaller fields of view"
         )
 
@@ -157,7 +157,10 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, tuple[float | None, str]]:
 def _read_with_pillow(path: Path) -> tuple[np.ndarray, tuple[float | None, str]]:
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = int(MAX_MEGAPIXELS * 1e6)
+    # Pillow's own decompression-bomb limit is a process-wide global: lift it only while opening (the header
+    # is read lazily and _check_size refuses large images before any pixel is decoded), then restore it.
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as im:
             _check_size((im.height, im.width), path)
@@ -167,6 +170,8 @@ def _read_with_pillow(path: Path) -> tuple[np.ndarray, tuple[float | None, str]]
             array = np.asarray(im)
     except Image.DecompressionBombError as exc:
         raise ImageInputError(f"{path}: {exc}; crop or tile it") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
     text = info.get("pixel_size_um") or info.get("Description") or info.get("description")
     size = _json_pixel_size(text) if isinstance(text, str) else None
     if size is None and isinstance(info.get("pixel_size_um"), str):
@@ -186,11 +191,14 @@ def _json_pixel_size(text: str | bytes | None) -> float | None:
         data = json.loads(text)
     except (json.JSONDecodeError, TypeError):
         return None
-    if isinstance(data, dict) and "pixel_size_um" in data:
-        return float(data["pixel_size_um"])
-    if isinstance(data, (int, float)) and not isinstance(data, bool):
-        return float(data)
-    return None
+    if isinstance(data, dict):
+        data = data.get("pixel_size_um")
+    if isinstance(data, (int, float, str)) and not isinstance(data, bool):
+        try:
+            return float(data)
+        except ValueError:  # e.g. {"pixel_size_um": "unknown"}: no calibration, not an unreadable image
+            return None
+    return None  # absent or null: the file carries no calibration here
 
 
 _UNIT_TO_UM = {"m": 1e6, "mm": 1e3, "cm": 1e4, "um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3}

@@ -1,0 +1,107 @@
+"""Benchmarks of ``morphloop describe`` (speed and quality; not tests).
+
+    .venv/bin/python benchmarks/bench_describe.py [--images 8] [--real]
+
+Speed, each as a ratio against a baseline measured in the same run:
+* particle images/s on 1024² synthetic fields with the default (watershed) segmenter; goal ≥ 5/s on 2 cores.
+  Baseline: the same images described one after another in one process; measured: 2 worker processes.
+* texture ROIs/s (256² ROIs, equalise + db2 DWT energy); goal ≥ 200/s. Baseline: one ``wavedec2`` call per
+  ROI; measured: the batched call used by ``measure_texture``.
+Quality: D50 / sphericity errors on held-out synthetic fields, and with ``--real`` on the AMPIS images.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pywt
+from skimage.exposure import equalize_hist
+
+from models.describe import Describer
+from models.imageio import SEMImage
+from models.texture import TextureConfig, roi_wavelet_energy
+from simulators.fields import make_particle_field, make_platelet_network
+
+
+def _describe(field_args: tuple[int, dict]) -> dict:
+    seed, kwargs = field_args
+    field = make_particle_field(seed, **kwargs)
+    t0 = time.perf_counter()
+    result = Describer().describe_array(SEMImage(field.image, field.pixel_size_um, "bench", str(seed)))
+    return {"seconds": time.perf_counter() - t0, "d": result.descriptors, "truth": field.summary()}
+
+
+def bench_particles(n_images: int) -> None:
+    jobs = [(70_000 + i, {"touching": 0.4}) for i in range(n_images)]
+    fields = [make_particle_field(s, **k) for s, k in jobs]
+    describer = Describer()
+    t0 = time.perf_counter()
+    for f in fields:
+        describer.describe_array(SEMImage(f.image, f.pixel_size_um, "bench", "x"))
+    serial = n_images / (time.perf_counter() - t0)
+    images = [SEMImage(f.image, f.pixel_size_um, "bench", "x") for f in fields]
+    with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        list(pool.map(Describer().describe_array, images[:2]))  # warm the workers
+        t0 = time.perf_counter()
+        results = list(pool.map(Describer().describe_array, images))
+        parallel = n_images / (time.perf_counter() - t0)
+    print(f"particles 1024²: serial {serial:.2f} img/s (baseline), 2 workers {parallel:.2f} img/s, "
+          f"ratio {parallel / serial:.2f}x; goal 5 img/s")
+    errs = np.array([[r.descriptors["d50_um"] / f.summary()["d50_um"] - 1,
+                      r.descriptors["sphericity_mean"] - f.summary()["sphericity_mean"],
+                      r.descriptors["sphericity_std"] - f.summary()["sphericity_std"]] for r, f in zip(results, fields)])
+    print(f"held-out synthetic fields (touching 0.4, n={n_images}): max |D50 err| {np.abs(errs[:, 0]).max():.1%}, "
+          f"max |Ψ mean err| {np.abs(errs[:, 1]).max():.3f}, max |Ψ std err| {np.abs(errs[:, 2]).max():.3f}")
+
+
+def bench_texture(n_rois: int = 256) -> None:
+    cfg = TextureConfig()
+    image = make_platelet_network(5, width_px=4, shape=(1024, 1024), pixel_size_um=cfg.reference_pixel_size_um)
+    rng = np.random.default_rng(0)
+    corners = rng.integers(0, 1024 - 256, size=(n_rois, 2))
+    rois = np.stack([image[y: y + 256, x: x + 256] for y, x in corners]).astype(np.float64)
+    t0 = time.perf_counter()
+    for roi in rois:  # baseline: one decomposition per ROI
+        eq = equalize_hist(roi, nbins=256)
+        coeffs = pywt.wavedec2(eq - eq.mean(), cfg.wavelet, mode="periodization", level=cfg.levels)
+        sum(np.mean(b**2) for lvl in coeffs[1:] for b in lvl)
+    baseline = n_rois / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    roi_wavelet_energy(rois, cfg)
+    batched = n_rois / (time.perf_counter() - t0)
+    print(f"texture ROIs 256²: per-ROI loop {baseline:.0f} ROI/s (baseline), batched {batched:.0f} ROI/s, "
+          f"ratio {batched / baseline:.2f}x; goal 200 ROI/s")
+
+
+def bench_real() -> None:
+    import pandas as pd
+
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_sem_ampis"
+    if not data.is_dir():
+        print(f"real data absent ({data}); skipped")
+        return
+    truth = pd.read_csv(data / "truth" / "summary.csv").set_index("image")
+    describer = Describer()
+    for image in sorted((data / "images").glob("*.png")):
+        r = describer.describe(image, 1.0)
+        t = truth.loc[image.name]
+        print(f"real {image.name}: n {r.descriptors['n_particles']}/{t.n_not_touching_border}  "
+              f"D50 {r.descriptors['d50_um']:.1f}/{t.D50_number_px_interior} px "
+              f"({r.descriptors['d50_um'] / t.D50_number_px_interior - 1:+.1%})  median Ψ "
+              f"{r.particles.sphericity.median():.3f}/{t.median_sphericity_interior} "
+              f"({r.particles.sphericity.median() - t.median_sphericity_interior:+.3f})")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--real", action="store_true", help="also report the real AMPIS figures")
+    args = parser.parse_args()
+    bench_texture()
+    bench_particles(args.images)
+    if args.real:
+        bench_real()
