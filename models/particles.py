@@ -14,6 +14,8 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage.measure import perimeter_crofton
 
+from models.segmentation import convex_solidity
+
 #: Columns of the per-particle table (``--csv``).
 PARTICLE_COLUMNS = [
     "particle_id", "centroid_x_px", "centroid_y_px", "area_px", "area_um2", "eq_diameter_um",
@@ -74,7 +76,7 @@ def measure_particles(labels: np.ndarray, pixel_size_um: float, filt: ParticleFi
             continue
         mask = np.pad(mask, 1)
         perimeter = float(perimeter_crofton(mask, directions=4))
-        solidity = _solidity(mask, area)
+        solidity = convex_solidity(mask)
         if solidity < filt.min_solidity:
             continue
         yy, xx = np.nonzero(mask)
@@ -90,20 +92,6 @@ def measure_particles(labels: np.ndarray, pixel_size_um: float, filt: ParticleFi
 def _border_labels(labels: np.ndarray) -> set[int]:
     edges = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     return set(np.unique(edges[edges > 0]).tolist())
-
-
-def _solidity(mask: np.ndarray, area: int) -> float:
-    """Pixel area over the area of the convex hull of the pixels' corners."""
-    from scipy.spatial import ConvexHull, QhullError
-
-    edge = mask & ~ndi.binary_erosion(mask)
-    yy, xx = np.nonzero(edge)
-    corners = np.concatenate([np.c_[xx + dx, yy + dy] for dx in (0, 1) for dy in (0, 1)])
-    try:
-        hull_area = ConvexHull(corners).volume
-    except QhullError:  # degenerate (a line of pixels)
-        return 1.0
-    return float(min(1.0, area / hull_area))
 
 
 def weighted_quantile(values: np.ndarray, q: float, weights: np.ndarray) -> float:

@@ -27,6 +27,10 @@ from skimage.segmentation import watershed
 LOG_OFFSET = 0.02
 #: Where between the local background (0) and the particle rim (1) an edge lies.
 EDGE_LEVEL = 0.6
+#: Particles must stand out from the local background by this many detector-noise sigmas.
+MIN_CONTRAST_SIGMA = 3.0
+#: Objects at least this solid are taken as one convex particle and not split.
+CONVEX_SOLIDITY = 0.97
 
 
 class NoParticlesError(ValueError):
@@ -122,14 +126,22 @@ def foreground_mask(image: np.ndarray, config: WatershedConfig = WatershedConfig
         mask = flat > otsu_threshold(flat)
     mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
     mask = fill_holes(mask)
-    return refine_edges(smooth, mask) if config.refine_edges else mask
+    return refine_edges(smooth, mask, noise_sigma=noise_level(image)) if config.refine_edges else mask
 
 
-def refine_edges(smooth: np.ndarray, mask: np.ndarray, band_px: int = 3) -> np.ndarray:
+def noise_level(image: np.ndarray) -> float:
+    """Detector noise sigma, from the median absolute difference of horizontally adjacent pixels."""
+    diffs = np.abs(np.diff(image[:, ::1], axis=1)).ravel()
+    return float(np.median(diffs) / (0.6745 * np.sqrt(2.0)))
+
+
+def refine_edges(smooth: np.ndarray, mask: np.ndarray, band_px: int = 3, noise_sigma: float = 0.0) -> np.ndarray:
     """Move each object's outline to the half level between its rim and the background next to it.
 
     The log-Otsu threshold finds dim particles but sits low on every edge, which would inflate all diameters
-    by the blur width; the half-level of the local step is where a blurred edge truly is.
+    by the blur width; the half-level of the local step is where a blurred edge truly is. Objects whose step
+    is below :data:`MIN_CONTRAST_SIGMA` times the detector noise are noise, not particles, and are dropped
+    (a frame of pure noise then has no particles).
     """
     labels, n = ndi.label(mask)
     out = np.zeros_like(mask)
@@ -150,6 +162,8 @@ def refine_edges(smooth: np.ndarray, mask: np.ndarray, band_px: int = 3) -> np.n
             out[slc] |= comp
             continue
         background, rim_level = float(np.median(values[ring])), float(np.median(values[rim]))
+        if rim_level - background < MIN_CONTRAST_SIGMA * noise_sigma:
+            continue
         level = background + EDGE_LEVEL * (rim_level - background)
         # the object's core stays even where its interior is darker than its rim
         out[slc] |= ((values > level) & grown) | core
@@ -178,37 +192,45 @@ def split_touching(mask: np.ndarray, config: WatershedConfig = WatershedConfig()
     between particles narrow the necks; the watershed then floods the whole mask.
     """
     components, n = ndi.label(mask)
-    labels = np.zeros(mask.shape, np.int32)
+    labels = components.astype(np.int32)
     if n == 0:
         return labels
     h = float(-np.log(config.split_ratio))
-    next_label = 1
+    next_label = n + 1
     for index, slc in enumerate(ndi.find_objects(components)):
+        comp_id = index + 1
         slc = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in slc)
-        comp = components[slc] == index + 1
+        comp = components[slc] == comp_id
+        # Convex objects are single particles: two touching ones leave a notch (solidity < 0.97).
+        if comp.sum() < 8 * config.min_seed_radius_px**2 or convex_solidity(comp) >= CONVEX_SOLIDITY:
+            continue
         core = comp if valleys is None else comp & ~valleys[slc]
         dist = ndi.distance_transform_edt(core)
-        if dist.max() < 2 * config.min_seed_radius_px:  # too small to hold two particles
-            labels[slc][comp] = next_label
-            next_label += 1
-            continue
         relief = np.log1p(ndi.gaussian_filter(dist, 1.0))
-        peaks = (relief == ndi.maximum_filter(relief, size=3)) & (dist >= config.min_seed_radius_px)
-        if ndi.label(peaks)[1] <= 1:  # one plateau: a single particle, no h-maxima needed
-            labels[slc][comp] = next_label
-            next_label += 1
-            continue
         seeds = h_maxima(relief, h) & (dist >= config.min_seed_radius_px)
         markers, n_seeds = ndi.label(seeds)
         if n_seeds <= 1:
-            labels[slc][comp] = next_label
-            next_label += 1
             continue
         parts = watershed(-relief, markers, mask=comp)
         region = labels[slc]
-        region[comp] = parts[comp] + (next_label - 1)
-        next_label += n_seeds
+        region[comp] = np.where(parts[comp] == 1, comp_id, parts[comp] + next_label - 2)
+        next_label += n_seeds - 1
     return labels
+
+
+def convex_solidity(mask: np.ndarray) -> float:
+    """Pixel area of ``mask`` over the area of the convex hull of its pixels' corners (1 for convex shapes)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    area = int(mask.sum())
+    edge = mask & ~ndi.binary_erosion(mask)
+    yy, xx = np.nonzero(edge)
+    corners = np.concatenate([np.c_[xx + dx, yy + dy] for dx in (0, 1) for dy in (0, 1)])
+    try:
+        hull_area = ConvexHull(corners).volume
+    except (QhullError, ValueError):  # degenerate: a line of pixels
+        return 1.0
+    return float(min(1.0, area / hull_area))
 
 
 def segment_watershed(image: np.ndarray, config: WatershedConfig = WatershedConfig()) -> np.ndarray:
@@ -219,4 +241,8 @@ def segment_watershed(image: np.ndarray, config: WatershedConfig = WatershedConf
     NoParticlesError
         When the image is constant.
     """
-    return split_touching(foreground_mask(image, config), config, crevices(image, config))
+    labels = split_touching(foreground_mask(image, config), config, crevices(image, config))
+    if labels.max() == 0:
+        raise NoParticlesError("no particle stands out from the background (noise or an empty frame); "
+                               "check this is a particle micrograph")
+    return labels
