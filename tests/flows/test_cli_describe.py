@@ -56,23 +56,9 @@ def json_records(stdout: str) -> list[dict]:
     return records
 
 
-def lazily_sized_png(path: Path, width: int, height: int) -> Path:
-    """A valid PNG header announcing a huge image, with no pixel data behind it (a few bytes on disk)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n"
-                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
-    return path
-
-
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict:
+def files(tmp_path_factory, lazily_sized_png) -> dict:
     """Every image kind the tests need, written once (512 x 512 particle frames)."""
     d = tmp_path_factory.mktemp("describe")
     rng = np.random.default_rng(0)

@@ -3,8 +3,6 @@ and clear refusals (missing, not an image, too large, bad calibration)."""
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -24,18 +22,6 @@ def field():
 @pytest.fixture(scope="module")
 def gray8() -> np.ndarray:
     return (np.arange(48 * 64).reshape(48, 64) % 256).astype(np.uint8)
-
-
-def lazily_sized_png(path, width: int, height: int):
-    """A valid PNG header announcing ``width x height`` pixels with (almost) no pixel data: a few bytes on
-    disk, so size limits can be checked without allocating the image."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n"
-                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
-    return path
 
 
 # ------------------------------------------------------------------------------------ to_gray_float
@@ -121,7 +107,7 @@ def test_truncated_png_is_not_an_image(tmp_path, gray8):
         read_image(path, 0.1)
 
 
-def test_lazily_sized_png_above_limit_refused_before_decoding(tmp_path):
+def test_lazily_sized_png_above_limit_refused_before_decoding(tmp_path, lazily_sized_png):
     path = lazily_sized_png(tmp_path / "huge.png", 20000, 20000)
     assert path.stat().st_size < 200
     with pytest.raises(ImageInputError, match=r"20000x20000 \(400 Mpx\), above the 100 Mpx limit; crop or tile"):
