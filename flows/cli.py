@@ -117,7 +117,7 @@ def describe(
 
         bad_flag_errors = (SamCheckpointError,)
 
-    tables, failures, overlay_failures = [], 0, 0
+    tables, failures, overlay_failures, used_overlay_names = [], 0, 0, set()
     with Progress(console=_stderr_console(), transient=True, disable=len(images) < 2) as progress:
         task = progress.add_task("describing", total=len(images))
         for path in images:
@@ -148,7 +148,7 @@ def describe(
                 from models.overlay import save_overlay
 
                 try:
-                    save_overlay(result, overlay / f"{Path(path).stem}_overlay.png")
+                    save_overlay(result, overlay / _overlay_name(Path(path), used_overlay_names))
                 except Exception as exc:  # noqa: BLE001 - a failed overlay is reported, the batch goes on
                     overlay_failures += 1
                     _err(f"error: {path}: overlay not written ({type(exc).__name__}: {exc})")
@@ -172,6 +172,16 @@ def describe(
         _err(f"{overlay_failures} overlay(s) could not be written to {overlay}")
     if failures or overlay_failures:
         raise typer.Exit(1)
+
+
+def _overlay_name(path: Path, used: set[str]) -> str:
+    """``STEM_overlay.png``, made unique within one call (``a/x.tif`` and ``b/x.png`` both have stem x)."""
+    name, i = f"{path.stem}_overlay.png", 1
+    while name in used:
+        i += 1
+        name = f"{path.stem}_{i}_overlay.png"
+    used.add(name)
+    return name
 
 
 def _print_human(record: dict, kind: str) -> None:
