@@ -27,14 +27,6 @@ from models.texture import TextureConfig, roi_wavelet_energy
 from simulators.fields import make_particle_field, make_platelet_network
 
 
-def _describe(field_args: tuple[int, dict]) -> dict:
-    seed, kwargs = field_args
-    field = make_particle_field(seed, **kwargs)
-    t0 = time.perf_counter()
-    result = Describer().describe_array(SEMImage(field.image, field.pixel_size_um, "bench", str(seed)))
-    return {"seconds": time.perf_counter() - t0, "d": result.descriptors, "truth": field.summary()}
-
-
 def bench_particles(n_images: int) -> None:
     jobs = [(70_000 + i, {"touching": 0.4}) for i in range(n_images)]
     fields = [make_particle_field(s, **k) for s, k in jobs]

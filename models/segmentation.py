@@ -58,8 +58,6 @@ class WatershedConfig:
     split_ratio: float = 0.85
     min_seed_radius_px: float = 2.0
     refine_edges: bool = True
-    crevice_depth: float = 0.0
-    crevice_radius_px: int = 3
 
 
 def flatten_background(log_image: np.ndarray, foreground: np.ndarray, degree: int = 2,
@@ -170,27 +168,8 @@ def refine_edges(smooth: np.ndarray, mask: np.ndarray, band_px: int = 3, noise_s
     return fill_holes(out)
 
 
-def crevices(image: np.ndarray, config: WatershedConfig = WatershedConfig()) -> np.ndarray:
-    """Dark, narrow valleys inside the foreground: where touching particles meet (``H x W`` bool).
-
-    A black top-hat of the log image deeper than ``crevice_depth`` (log units) at the scale of
-    ``crevice_radius_px``.
-    """
-    if config.crevice_depth <= 0:
-        return np.zeros(image.shape, bool)
-    log_image = np.log(ndi.gaussian_filter(image.astype(np.float32), config.smooth_sigma_px) + LOG_OFFSET)
-    size = 2 * config.crevice_radius_px + 1
-    closed = ndi.grey_closing(log_image, size=(size, size))
-    return (closed - log_image) > config.crevice_depth
-
-
-def split_touching(mask: np.ndarray, config: WatershedConfig = WatershedConfig(),
-                   valleys: np.ndarray | None = None) -> np.ndarray:
-    """Label ``mask`` into particles, splitting touching ones by a distance-transform watershed (int32).
-
-    ``valleys`` (optional, bool) are removed from the mask before the distance transform, so dark contact lines
-    between particles narrow the necks; the watershed then floods the whole mask.
-    """
+def split_touching(mask: np.ndarray, config: WatershedConfig = WatershedConfig()) -> np.ndarray:
+    """Label ``mask`` into particles, splitting touching ones by a distance-transform watershed (int32)."""
     components, n = ndi.label(mask)
     labels = components.astype(np.int32)
     if n == 0:
@@ -204,8 +183,7 @@ def split_touching(mask: np.ndarray, config: WatershedConfig = WatershedConfig()
         # Convex objects are single particles: two touching ones leave a notch (solidity < 0.97).
         if comp.sum() < 8 * config.min_seed_radius_px**2 or convex_solidity(comp) >= CONVEX_SOLIDITY:
             continue
-        core = comp if valleys is None else comp & ~valleys[slc]
-        dist = ndi.distance_transform_edt(core)
+        dist = ndi.distance_transform_edt(comp)
         relief = np.log1p(ndi.gaussian_filter(dist, 1.0))
         seeds = h_maxima(relief, h) & (dist >= config.min_seed_radius_px)
         markers, n_seeds = ndi.label(seeds)
@@ -241,7 +219,7 @@ def segment_watershed(image: np.ndarray, config: WatershedConfig = WatershedConf
     NoParticlesError
         When the image is constant.
     """
-    labels = split_touching(foreground_mask(image, config), config, crevices(image, config))
+    labels = split_touching(foreground_mask(image, config), config)
     if labels.max() == 0:
         raise NoParticlesError("no particle stands out from the background (noise or an empty frame); "
                                "check this is a particle micrograph")
