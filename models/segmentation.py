@@ -90,11 +90,26 @@ def _poly_design(y: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
     return np.stack([x**px * y**py for px, py in _poly_powers(degree)], axis=1)
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``binary_fill_holes`` by labelling the background once (much faster on large frames)."""
-    background, _ = ndi.label(~mask)
+def fill_holes(mask: np.ndarray, image: np.ndarray | None = None, background_below: float | None = None,
+               min_open_area: int = 64) -> np.ndarray:
+    """Fill enclosed holes of ``mask`` (``binary_fill_holes`` by labelling the background once: faster).
+
+    With ``image`` and ``background_below`` given, a hole of at least ``min_open_area`` pixels whose mean
+    ``image`` value is below ``background_below`` is left open: it is background enclosed by a ring of touching
+    particles (common in packed powders), not the dark core of one particle. Filling it would merge the whole
+    ring, and the gap, into one object.
+    """
+    background, n = ndi.label(~mask)
     edge = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
-    return ~np.isin(background, edge[edge > 0])
+    is_background = np.zeros(n + 1, bool)
+    is_background[edge[edge > 0]] = True
+    if image is not None and background_below is not None and n:
+        flat_labels = background.ravel()
+        area = np.bincount(flat_labels, minlength=n + 1)
+        mean = np.bincount(flat_labels, weights=image.ravel(), minlength=n + 1) / np.maximum(area, 1)
+        is_background |= (area >= min_open_area) & (mean < background_below)
+    is_background[0] = False
+    return ~is_background[background]
 
 
 def otsu_threshold(image: np.ndarray, max_samples: int = 250_000) -> float:
@@ -123,8 +138,12 @@ def foreground_mask(image: np.ndarray, config: WatershedConfig = WatershedConfig
         flat = flatten_background(log_image, ndi.maximum_filter(mask, size=7), config.flatten_degree)
         mask = flat > otsu_threshold(flat)
     mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
-    mask = fill_holes(mask)
-    return refine_edges(smooth, mask, noise_sigma=noise_level(image)) if config.refine_edges else mask
+    # A hole darker than halfway between the background and the threshold is enclosed background.
+    enclosed_background = 0.5 * (float(np.median(flat[~mask])) + otsu_threshold(flat))
+    mask = fill_holes(mask, flat, enclosed_background)
+    if not config.refine_edges:
+        return mask
+    return refine_edges(smooth, mask, noise_sigma=noise_level(image), keep_open=mask)
 
 
 def noise_level(image: np.ndarray) -> float:
@@ -133,13 +152,14 @@ def noise_level(image: np.ndarray) -> float:
     return float(np.median(diffs) / (0.6745 * np.sqrt(2.0)))
 
 
-def refine_edges(smooth: np.ndarray, mask: np.ndarray, band_px: int = 3, noise_sigma: float = 0.0) -> np.ndarray:
+def refine_edges(smooth: np.ndarray, mask: np.ndarray, band_px: int = 3, noise_sigma: float = 0.0,
+                 keep_open: np.ndarray | None = None) -> np.ndarray:
     """Move each object's outline to the half level between its rim and the background next to it.
 
     The log-Otsu threshold finds dim particles but sits low on every edge, which would inflate all diameters
     by the blur width; the half-level of the local step is where a blurred edge truly is. Objects whose step
     is below :data:`MIN_CONTRAST_SIGMA` times the detector noise are noise, not particles, and are dropped
-    (a frame of pure noise then has no particles).
+    (a frame of pure noise then has no particles). Holes of ``keep_open`` (enclosed background) stay open.
     """
     labels, n = ndi.label(mask)
     out = np.zeros_like(mask)
@@ -165,7 +185,10 @@ def refine_edges(smooth: np.ndarray, mask: np.ndarray, band_px: int = 3, noise_s
         level = background + EDGE_LEVEL * (rim_level - background)
         # the object's core stays even where its interior is darker than its rim
         out[slc] |= ((values > level) & grown) | core
-    return fill_holes(out)
+    filled = fill_holes(out)
+    if keep_open is not None:
+        filled &= ~(fill_holes(keep_open) & ~keep_open)
+    return filled
 
 
 def split_touching(mask: np.ndarray, config: WatershedConfig = WatershedConfig()) -> np.ndarray:
