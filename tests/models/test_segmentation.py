@@ -1,0 +1,39 @@
+"""Segmenter details that the field-level acceptance tests would not pin down."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from models.segmentation import fill_holes, segment_watershed
+
+
+def _ring_of_discs(n: int = 12, ring_radius: float = 120, disc_radius: float = 34, size: int = 400):
+    yy, xx = np.mgrid[:size, :size]
+    image = np.full((size, size), 0.06, np.float32)
+    for k in range(n):
+        a = 2 * np.pi * k / n
+        cy, cx = size / 2 + ring_radius * np.sin(a), size / 2 + ring_radius * np.cos(a)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= disc_radius**2] = 0.7
+    rng = np.random.default_rng(0)
+    return ndi.gaussian_filter(image, 1.2) + rng.normal(0, 0.01, image.shape).astype(np.float32)
+
+
+def test_background_enclosed_by_touching_particles_is_not_a_particle():
+    image = _ring_of_discs()
+    labels = segment_watershed(image)
+    centre = labels[190:210, 190:210]
+    assert (centre == 0).all(), "the gap inside a ring of touching particles was filled into an object"
+    assert labels.max() >= 10  # the ring is still split into its discs
+
+
+def test_fill_holes_keeps_dark_enclosed_background_but_fills_particle_cores():
+    mask = np.zeros((60, 120), bool)
+    mask[5:55, 5:55] = True
+    mask[20:40, 20:40] = False  # a large hole as dark as the background
+    mask[5:55, 65:115] = True
+    mask[28:32, 88:92] = False  # a small dark core
+    image = np.where(mask, 1.0, 0.0).astype(np.float32)
+    filled = fill_holes(mask, image, background_below=0.5)
+    assert not filled[30, 30]
+    assert filled[30, 90]
+    assert fill_holes(mask)[30, 30]  # without an image every hole is filled
