@@ -55,7 +55,7 @@ class WatershedConfig:
 
     smooth_sigma_px: float = 1.0
     flatten_degree: int = 2
-    split_ratio: float = 0.85
+    split_ratio: float = 0.7
     min_seed_radius_px: float = 2.0
     refine_edges: bool = True
 
