@@ -174,6 +174,65 @@ def describe(
         raise typer.Exit(1)
 
 
+@app.command()
+def simulate(
+    conditions: str = typer.Option(
+        ..., "--conditions", help="Synthesis conditions: a JSON object or list of objects, or a .json file. "
+                                  "Missing keys take their defaults (see the README's conditions table)."),
+    out: Path = typer.Option(..., "--out", help="New folder for the image files and the Bluesky documents."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the simulated lab (world, batch noise, imaging)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per sample on stdout."),
+    time_compression: Optional[float] = typer.Option(
+        None, "--time-compression", help="Lab seconds per wall second (e.g. 1e4); default: instant syntheses."),
+) -> None:
+    """Make and image samples on the simulated lab: reactor and SEM devices driven by Bluesky plans.
+
+    Each sample is one synthesize_and_image run; every document is appended to OUT/documents.jsonl as it is
+    emitted. The JSON record carries the sample id, the conditions, the image paths and pixel sizes at low and
+    high magnification, and the simulator's truth (d50_um, sphericity_mean, sphericity_std, texture).
+    """
+    from rich.progress import Progress
+
+    from flows.simulate import parse_conditions, simulate_samples
+    from simulators.conditions import ConditionError
+    from simulators.faults import LabFault
+
+    if seed < 0:
+        _err(f"error: --seed must be >= 0, got {seed}")
+        raise typer.Exit(2)
+    if time_compression is not None and not (time_compression > 0 and math.isfinite(time_compression)):
+        _err(f"error: --time-compression must be a positive number of lab seconds per wall second, "
+             f"got {time_compression}")
+        raise typer.Exit(2)
+    try:
+        items = parse_conditions(conditions)
+    except ConditionError as exc:
+        _err(f"error: --conditions: {exc}")
+        raise typer.Exit(2)
+
+    with Progress(console=_stderr_console(), transient=True, disable=len(items) < 2) as progress:
+        task = progress.add_task("simulating", total=len(items))
+
+        def report(sample) -> None:
+            if as_json:
+                print(_json_line(sample.record()), flush=True)
+            else:
+                truth = sample.truth
+                _err(f"{sample.sample_id}: D50 {truth['d50_um']:.2f} µm, sphericity {truth['sphericity_mean']:.3f}"
+                     f" ± {truth['sphericity_std']:.3f}, texture {truth['texture']:.2f}; images "
+                     + ", ".join(f"{k}: {v}" for k, v in sample.images.items()))
+            progress.advance(task)
+
+        try:
+            simulate_samples(items, out, seed=seed, time_compression=time_compression, on_sample=report)
+        except FileExistsError as exc:
+            _err(f"error: --out: {exc}")
+            raise typer.Exit(2)
+        except LabFault as exc:
+            _err(f"error: the simulated lab faulted: {exc}; samples finished before it are in {out}")
+            raise typer.Exit(1)
+
+
 def _overlay_name(path: Path, used: set[str]) -> str:
     """``STEM_overlay.png``, made unique within one call (``a/x.tif`` and ``b/x.png`` both have stem x)."""
     name, i = f"{path.stem}_overlay.png", 1

@@ -44,6 +44,8 @@ MAGNIFICATIONS = {"low": 3000.0, "high": 15000.0}
 FIELD_OF_VIEW_AT_1X_UM = 153_600.0
 #: Particle area over frame area at low magnification (room to place without crowding out large particles).
 LOW_MAG_COVERAGE = 0.30
+#: Sum of the particles' bounding-disc areas over the frame area: above it the smallest ones find no room.
+MAX_BOUNDING_COVERAGE = 0.42
 #: Sphericities the outline family can reach (per particle targets are clipped to this range).
 SPHERICITY_RANGE = (0.58, 0.985)
 #: Frozen calibration: primary-platelet width (px at 0.010 µm/px) -> texture measured by ``describe`` on
@@ -207,9 +209,14 @@ def _low_magnification(rng, morphology: Morphology, shape_hw, pixel_size: float,
     d50_px = morphology.d50_um / pixel_size
     mean_area = math.pi / 4 * d50_px**2 * math.exp(2 * morphology.d50_spread**2)
     n = int(np.clip(round(LOW_MAG_COVERAGE * h * w / mean_area), 8, 400))
-    diameters = stratified_lognormal(rng, d50_px, morphology.d50_spread, n)
-    targets = stratified_sphericities(rng, morphology.sphericity_mean, morphology.sphericity_std, n)
-    shapes = [shape_with_sphericity(rng, d / 2, psi) for d, psi in zip(diameters, targets)]
+    for _ in range(4):  # irregular outlines need more room: shrink n until the bounding discs fit easily
+        diameters = stratified_lognormal(rng, d50_px, morphology.d50_spread, n)
+        targets = stratified_sphericities(rng, morphology.sphericity_mean, morphology.sphericity_std, n)
+        shapes = [shape_with_sphericity(rng, d / 2, psi) for d, psi in zip(diameters, targets)]
+        bounding = sum(math.pi * (_rmax(s) + FREE_GAP_PX) ** 2 for s in shapes)
+        if bounding <= MAX_BOUNDING_COVERAGE * h * w or n <= 8:
+            break
+        n = max(8, int(n * MAX_BOUNDING_COVERAGE * h * w / bounding))
     placed, centres = _place_inside(rng, shapes, (h, w))
     surface = 0.04 + 0.08 * morphology.texture  # rougher surfaces for thinner, denser primaries
     image, labels = _render_particles(rng, placed, centres, (h, w), d50_px, edge_gain, surface, 0.3, 2)
@@ -278,7 +285,8 @@ def _charging_streaks(rng, image: np.ndarray) -> np.ndarray:
 def write_micrograph(path: str | Path, micrograph: Micrograph, metadata: dict | None = None) -> Path:
     """Write the frame as an 8-bit TIFF with its pixel size and magnification in the tags.
 
-    Ground-truth masks (low magnification) go beside it as ``<stem>_labels.tif`` (uint16).
+    Ground-truth masks (low magnification) go to ``truth/<stem>_labels.tif`` beside it (uint16), out of the way
+    of globs over the images.
 
     Returns
     -------
@@ -291,6 +299,7 @@ def write_micrograph(path: str | Path, micrograph: Micrograph, metadata: dict | 
     write_sem_tiff(path, micrograph.image, micrograph.pixel_size_um, magnification=micrograph.magnification,
                    extra=extra)
     if micrograph.labels is not None:
+        labels_path(path).parent.mkdir(exist_ok=True)
         tifffile.imwrite(labels_path(path), micrograph.labels.astype(np.uint16), photometric="minisblack")
     return path
 
@@ -298,4 +307,4 @@ def write_micrograph(path: str | Path, micrograph: Micrograph, metadata: dict | 
 def labels_path(image_path: str | Path) -> Path:
     """Where :func:`write_micrograph` puts the ground-truth masks of ``image_path``."""
     p = Path(image_path)
-    return p.with_name(p.stem + "_labels.tif")
+    return p.parent / "truth" / (p.stem + "_labels.tif")
