@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml | $(PY)
 run: $(STAMP)
 	$(VENV)/bin/morphloop --help
 	$(VENV)/bin/morphloop describe --help
+	$(VENV)/bin/morphloop simulate --help
 
 test: $(STAMP)
 	$(PY) -m pytest -q
