@@ -605,7 +605,8 @@ def make_platelet_field(
     aspect: float = 8.0,
     noise: float = 0.03,
     blur_sigma: float = 0.7,
-) -> np.ndarray:
+    return_labels: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """A high-magnification frame: a few large secondary particles whose surface is a platelet network.
 
     Discs (radius 0.3--0.7 of the frame's short side, centres anywhere in the frame) are filled with
@@ -614,8 +615,9 @@ def make_platelet_field(
 
     Returns
     -------
-    np.ndarray
-        ``H x W`` float32 in [0, 1].
+    np.ndarray or (np.ndarray, np.ndarray)
+        ``H x W`` float32 in [0, 1]; with ``return_labels``, also the ``H x W`` int32 masks of the secondary
+        particles (the disc covering each pixel centre on top, 0 for background).
     """
     rng = np.random.default_rng(seed)
     h, w = int(shape[0]), int(shape[1])
@@ -626,19 +628,22 @@ def make_platelet_field(
     xx = np.arange(w, dtype=np.float32)[None, :] + 0.5
     occupancy = np.zeros((h, w), np.float32)
     shade = np.ones((h, w), np.float32)
-    for _ in range(max(1, n_particles)):
+    labels = np.zeros((h, w), np.int32)
+    for index in range(max(1, n_particles)):
         r = rng.uniform(0.3, 0.7) * min(h, w)
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         rho = np.hypot(xx - cx, yy - cy) / r
         a = np.clip((1.0 - rho) * r + 0.5, 0.0, 1.0)
         shade = np.where(a > occupancy, 0.85 + 0.3 * np.clip(rho, 0, 1) ** 4, shade)
+        labels[(rho < 1.0) & (a > occupancy)] = index + 1
         occupancy = np.maximum(occupancy, a)
     image = BACKGROUND_LEVEL * 0.7 * (1.0 - occupancy) + network * shade * occupancy
     if blur_sigma > 0:
         image = ndimage.gaussian_filter(image, blur_sigma)
     if noise > 0:
         image += rng.normal(0.0, noise, image.shape).astype(np.float32)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    return (image, labels) if return_labels else image
 
 
 # ------------------------------------------------------------------------------------------ TIFF

@@ -81,9 +81,9 @@ class Micrograph:
     ----------
     image : np.ndarray
         ``H x W`` float32 in [0, 1], info bar included.
-    labels : np.ndarray or None
-        ``H x W`` int32 ground-truth particle masks (0 background and info bar); ``None`` at high magnification,
-        where the truth is the primary-particle width.
+    labels : np.ndarray
+        ``H x W`` int32 ground-truth masks of the secondary particles (0: background and info bar). At high
+        magnification they cover the few particles in view; the truth there is the primary-platelet width.
     pixel_size_um, magnification : float
     info_bar_rows : int
     truth : dict
@@ -93,7 +93,7 @@ class Micrograph:
     """
 
     image: np.ndarray
-    labels: np.ndarray | None
+    labels: np.ndarray
     pixel_size_um: float
     magnification: float
     info_bar_rows: int
@@ -144,16 +144,14 @@ def render_micrograph(
     if magnification < 8000:
         image, labels, truth = _low_magnification(rng, morphology, (h - bar_rows, w), pixel_size, edge_gain)
     else:
-        image, truth = _high_magnification(rng, morphology, (h - bar_rows, w), pixel_size)
-        labels = None
+        image, labels, truth = _high_magnification(rng, morphology, (h - bar_rows, w), pixel_size)
     if charging:
         image = _charging_streaks(rng, image)
     if drift:
         image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.02, 0.02)
     image = np.clip(np.concatenate([image, np.zeros((bar_rows, w), np.float32)]), 0.0, 1.0).astype(np.float32)
     draw_info_bar(image, bar_rows, pixel_size, rng)
-    if labels is not None:
-        labels = np.concatenate([labels, np.zeros((bar_rows, w), np.int32)])
+    labels = np.concatenate([labels, np.zeros((bar_rows, w), np.int32)])
     truth = {**morphology.as_dict(), **truth, "accelerating_voltage_kv": float(accelerating_voltage_kv),
              "working_distance_mm": float(working_distance_mm)}
     return Micrograph(image, labels, pixel_size, float(magnification), bar_rows, truth)
@@ -266,8 +264,9 @@ def _place_inside(rng, shapes: list[StarShape], shape_hw, touching: float = 0.3,
 
 def _high_magnification(rng, morphology: Morphology, shape_hw, pixel_size: float):
     width_px = platelet_width_for_texture(morphology.texture, pixel_size)
-    image = make_platelet_field(int(rng.integers(2**31)), width_px, shape_hw, aspect=morphology.primary_aspect)
-    return image, {"platelet_width_px": width_px, "platelet_width_nm": width_px * pixel_size * 1e3}
+    image, labels = make_platelet_field(int(rng.integers(2**31)), width_px, shape_hw,
+                                        aspect=morphology.primary_aspect, return_labels=True)
+    return image, labels, {"platelet_width_px": width_px, "platelet_width_nm": width_px * pixel_size * 1e3}
 
 
 def _charging_streaks(rng, image: np.ndarray) -> np.ndarray:
@@ -285,7 +284,7 @@ def _charging_streaks(rng, image: np.ndarray) -> np.ndarray:
 def write_micrograph(path: str | Path, micrograph: Micrograph, metadata: dict | None = None) -> Path:
     """Write the frame as an 8-bit TIFF with its pixel size and magnification in the tags.
 
-    Ground-truth masks (low magnification) go to ``truth/<stem>_labels.tif`` beside it (uint16), out of the way
+    Ground-truth masks go to ``truth/<stem>_labels.tif`` beside it (uint16), out of the way
     of globs over the images.
 
     Returns
@@ -298,9 +297,8 @@ def write_micrograph(path: str | Path, micrograph: Micrograph, metadata: dict | 
     extra = {k: v for k, v in (metadata or {}).items() if k not in ("pixel_size_um", "magnification")}
     write_sem_tiff(path, micrograph.image, micrograph.pixel_size_um, magnification=micrograph.magnification,
                    extra=extra)
-    if micrograph.labels is not None:
-        labels_path(path).parent.mkdir(exist_ok=True)
-        tifffile.imwrite(labels_path(path), micrograph.labels.astype(np.uint16), photometric="minisblack")
+    labels_path(path).parent.mkdir(exist_ok=True)
+    tifffile.imwrite(labels_path(path), micrograph.labels.astype(np.uint16), photometric="minisblack")
     return path
 
 

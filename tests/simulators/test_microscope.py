@@ -93,3 +93,13 @@ def test_describe_reads_back_the_drawn_morphology(morphology):
     assert d["d50_um"] == pytest.approx(morphology.d50_um, rel=0.05)
     assert d["sphericity_mean"] == pytest.approx(morphology.sphericity_mean, abs=0.03)
     assert t["texture"] == pytest.approx(morphology.texture, abs=0.06)
+
+
+def test_high_magnification_frames_have_masks_too(tmp_path):
+    frame = render_micrograph(MORPHOLOGY, MAGNIFICATIONS["high"], 1, shape=(256, 256))
+    assert frame.labels.shape == frame.image.shape and frame.labels.max() >= 1
+    assert frame.labels[-frame.info_bar_rows:].max() == 0
+    # particles (labelled) are brighter than the background on average
+    assert frame.image[frame.labels > 0].mean() > frame.image[:-frame.info_bar_rows][frame.labels[:-frame.info_bar_rows] == 0].mean()
+    path = write_micrograph(tmp_path / "h.tif", frame)
+    assert tifffile.imread(labels_path(path)).max() == frame.labels.max()
