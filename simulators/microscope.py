@@ -56,6 +56,8 @@ TEXTURE_CALIBRATION_TEXTURE = np.array([0.956, 0.905, 0.793, 0.658, 0.421, 0.233
 
 _HARMONICS = np.arange(2, 7)  # StarShape's harmonic orders
 _MAX_AMPLITUDE_SUM = 0.85  # r >= 0.15 R: keeps outlines star-shaped
+_THETA = np.linspace(0.0, 2 * np.pi, 180, endpoint=False)  # outline samples for the sphericity search
+_COS, _SIN = np.cos(_THETA), np.sin(_THETA)
 
 
 def pixel_size_for(magnification: float, width_px: int = 1024) -> float:
@@ -177,29 +179,29 @@ def stratified_sphericities(rng: np.random.Generator, mean: float, std: float, n
 def shape_with_sphericity(rng: np.random.Generator, radius_px: float, target: float) -> StarShape:
     """A random star-shaped outline of equivalent radius ``radius_px`` whose sphericity is ``target``.
 
-    The harmonic amplitudes of a random draw are scaled by bisection until the polygon's 4πA/P² matches.
+    The harmonic amplitudes of a random draw are scaled by a common gain. 4πA/P² does not depend on the size,
+    so it is evaluated for a grid of gains at once on the unit outline and the gain interpolated.
     """
     base = rng.uniform(0.6, 1.4, len(_HARMONICS)) / _HARMONICS
     phases = rng.uniform(0.0, 2 * np.pi, len(_HARMONICS))
-
-    def make(gain: float) -> StarShape:
-        a = base * gain
-        a = a * min(1.0, _MAX_AMPLITUDE_SUM / max(float(a.sum()), 1e-12))
-        return StarShape(radius_px / math.sqrt(1.0 + 0.5 * float(np.sum(a**2))), a, phases)
-
-    def psi(gain: float) -> float:
-        area, perimeter = polygon_area_perimeter(make(gain).polygon(360))
-        return 4 * math.pi * area / perimeter**2
-
-    lo, hi = 0.0, _MAX_AMPLITUDE_SUM / float(base.sum())
-    if psi(hi) >= target:
-        return make(hi)
-    for _ in range(30):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if psi(mid) > target else (lo, mid)
-        if hi - lo < 1e-4:
-            break
-    return make(0.5 * (lo + hi))
+    gains = np.linspace(0.0, _MAX_AMPLITUDE_SUM / float(base.sum()), 40)
+    wave = (base[:, None] * np.cos(_HARMONICS[:, None] * _THETA[None, :] + phases[:, None])).sum(0)
+    r = 1.0 + gains[:, None] * wave[None, :]  # gains x vertices
+    x, y = r * _COS, r * _SIN
+    xn, yn = np.roll(x, -1, axis=1), np.roll(y, -1, axis=1)
+    area = 0.5 * np.abs((x * yn - xn * y).sum(1))
+    perimeter = np.hypot(xn - x, yn - y).sum(1)
+    psi = 4 * np.pi * area / perimeter**2
+    below = np.flatnonzero(psi < target)
+    if not below.size:
+        gain = gains[-1]
+    elif below[0] == 0:
+        gain = 0.0
+    else:
+        i = below[0]  # psi[i - 1] >= target > psi[i]
+        gain = gains[i - 1] + (gains[i] - gains[i - 1]) * (psi[i - 1] - target) / (psi[i - 1] - psi[i])
+    amplitudes = base * gain
+    return StarShape(radius_px / math.sqrt(1.0 + 0.5 * float(np.sum(amplitudes**2))), amplitudes, phases)
 
 
 def _low_magnification(rng, morphology: Morphology, shape_hw, pixel_size: float, edge_gain: float):
