@@ -74,11 +74,14 @@ def flatten_background(log_image: np.ndarray, foreground: np.ndarray, degree: in
     ys, xs = ys[::step], xs[::step]
     design = _poly_design(ys / h, xs / w, degree)
     coef, *_ = np.linalg.lstsq(design, log_image[ys, xs], rcond=None)
-    yy = (np.arange(h, dtype=np.float32) / h)[:, None]
-    xx = (np.arange(w, dtype=np.float32) / w)[None, :]
-    background = np.zeros((h, w), np.float32)
+    # sum_k c_k y^py x^px as one matrix product: (h x d+1) @ (d+1 x d+1) @ (d+1 x w)
+    coefficients = np.zeros((degree + 1, degree + 1))
     for c, (px, py) in zip(coef, _poly_powers(degree)):
-        background += np.float32(c) * (yy**py) * (xx**px)
+        coefficients[py, px] = c
+    powers = np.arange(degree + 1)
+    vy = (np.arange(h, dtype=np.float64) / h)[:, None] ** powers
+    vx = (np.arange(w, dtype=np.float64) / w)[:, None] ** powers
+    background = (vy @ coefficients @ vx.T).astype(np.float32)
     return (log_image - background + float(np.median(log_image[ys, xs]))).astype(np.float32)
 
 
@@ -88,6 +91,17 @@ def _poly_powers(degree: int) -> list[tuple[int, int]]:
 
 def _poly_design(y: np.ndarray, x: np.ndarray, degree: int) -> np.ndarray:
     return np.stack([x**px * y**py for px, py in _poly_powers(degree)], axis=1)
+
+
+def _erode_3x3(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion by a 3x3 square; pixels outside the frame count as unset (scipy's default border)."""
+    return ndi.minimum_filter(mask.view(np.uint8), size=3, mode="constant", cval=0).astype(bool)
+
+
+def binary_open_3x3(mask: np.ndarray) -> np.ndarray:
+    """``binary_opening`` by a 3x3 square via separable min/max filters (several times faster on large frames)."""
+    eroded = ndi.minimum_filter(mask.view(np.uint8), size=3, mode="constant", cval=0)
+    return ndi.maximum_filter(eroded, size=3, mode="constant", cval=0).astype(bool)
 
 
 def fill_holes(mask: np.ndarray, image: np.ndarray | None = None, background_below: float | None = None,
@@ -137,7 +151,7 @@ def foreground_mask(image: np.ndarray, config: WatershedConfig = WatershedConfig
     for _ in range(2):  # refit the background on the refined mask
         flat = flatten_background(log_image, ndi.maximum_filter(mask, size=7), config.flatten_degree)
         mask = flat > otsu_threshold(flat)
-    mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
+    mask = binary_open_3x3(mask)
     # A hole darker than halfway between the background and the threshold is enclosed background.
     enclosed_background = 0.5 * (float(np.median(flat[~mask])) + otsu_threshold(flat))
     mask = fill_holes(mask, flat, enclosed_background)
@@ -224,7 +238,7 @@ def convex_solidity(mask: np.ndarray) -> float:
     from scipy.spatial import ConvexHull, QhullError
 
     area = int(mask.sum())
-    edge = mask & ~ndi.binary_erosion(mask)
+    edge = mask & ~_erode_3x3(mask)
     yy, xx = np.nonzero(edge)
     corners = np.concatenate([np.c_[xx + dx, yy + dy] for dx in (0, 1) for dy in (0, 1)])
     try:
