@@ -35,6 +35,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from simulators.electrode import (  # re-exported: the cell is part of this module's API
     ACTIVE,
@@ -84,6 +85,9 @@ class AcquisitionQuality:
         Detector rows = reconstructed slices: 16 for both (LQ rows are 2x taller).
     dose : float
         Photons per pixel in the flat field: HQ 20000, LQ 1500 (low dose).
+    detector_blur_px : float
+        Gaussian sigma (detector pixels) of the scintillator/optics point-spread function: the large-field
+        LQ optics blur more (1.0 px = 100 nm), HQ's fine optics barely (0.3 px).
     """
 
     name: str
@@ -91,6 +95,7 @@ class AcquisitionQuality:
     fov_px: int
     n_rows: int
     dose: float
+    detector_blur_px: float = 0.0
 
     @property
     def voxel_um(self) -> float:
@@ -102,8 +107,8 @@ class AcquisitionQuality:
         return (self.n_rows, self.fov_px, self.fov_px)
 
 
-HQ = AcquisitionQuality("hq", 50.0, 128, 16, 20000.0)
-LQ = AcquisitionQuality("lq", 100.0, 128, 16, 1500.0)
+HQ = AcquisitionQuality("hq", 50.0, 128, 16, 20000.0, detector_blur_px=0.3)
+LQ = AcquisitionQuality("lq", 100.0, 128, 16, 1500.0, detector_blur_px=1.0)
 QUALITIES = {"hq": HQ, "lq": LQ}
 
 
@@ -233,7 +238,16 @@ def projection_at(volume: np.ndarray, angle_deg: float, quality: AcquisitionQual
     _check_beam(fault, beam, f"projection at {angle_deg:.2f} deg")
     optical_depth = shift_columns(line_integrals(volume, angle_deg, quality.voxel_um)[0], axis_offset_px)
     gain = np.ones(optical_depth.shape[-1]) if column_gain is None else np.asarray(column_gain)
-    return _detector_readout(quality.dose * beam * gain * np.exp(-optical_depth), rng)
+    return _detector_readout(quality.dose * beam * gain * _blurred_transmission(optical_depth, quality), rng)
+
+
+def _blurred_transmission(optical_depth: np.ndarray, quality: AcquisitionQuality) -> np.ndarray:
+    """Transmission ``exp(-optical_depth)`` seen through the detector's point-spread function (last two axes)."""
+    transmission = np.exp(-optical_depth)
+    if quality.detector_blur_px <= 0:
+        return transmission
+    sigma = (0.0,) * (transmission.ndim - 2) + (quality.detector_blur_px,) * 2
+    return ndimage.gaussian_filter(transmission, sigma, mode="nearest")
 
 
 def flat_frame(quality: AcquisitionQuality, rng: np.random.Generator, n_rows: int, n_cols: int,
@@ -351,7 +365,8 @@ def simulate_scan(cell: ElectrodeCell, soc: float, quality: AcquisitionQuality, 
     angles = arc_deg * np.arange(n_angles) / n_angles
     n_good = n_angles if fault is None else int(np.clip(fault_at, 0, n_angles))
     optical_depth = shift_columns(line_integrals(truth, angles[:n_good], quality.voxel_um), axis_offset_px)
-    projections = _detector_readout(quality.dose * projection_gain * np.exp(-optical_depth), rng)
+    projections = _detector_readout(quality.dose * projection_gain * _blurred_transmission(optical_depth, quality),
+                                    rng)
     if fault is not None:
         raise_tomography_fault(fault, f"{quality.name} scan at soc {soc:.2f}, after {n_good} of {n_angles} "
                                       f"projections")

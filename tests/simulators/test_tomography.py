@@ -145,7 +145,7 @@ def test_scan_is_deterministic(cell):
 
 
 def test_filtered_backprojection_recovers_the_truth(scans):
-    for name, min_r in (("hq", 0.9), ("lq", 0.8)):
+    for name, min_r in (("hq", 0.9), ("lq", 0.7)):  # LQ: 2x voxel, low dose, blurrier optics
         scan = scans[name]
         optical_depth = _corrected_optical_depth(scan)
         inside = pillar_mask(scan.quality)
