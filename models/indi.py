@@ -54,6 +54,10 @@ class InDIModelError(ValueError):
     """An InDI model directory is missing, unreadable or inconsistent; the message names the file and fix."""
 
 
+#: Global gradient-norm clip of InDI training.
+GRADIENT_CLIP_NORM = 1.0
+
+
 def upsample_lq(lq: np.ndarray, factor: int = 2) -> np.ndarray:
     """Bicubic up-sampling of an LQ slice or stack onto the HQ grid.
 
@@ -378,6 +382,8 @@ def train_indi(lq: np.ndarray, hq: np.ndarray, config: InDIConfig | None = None,
         loss = indi_loss(network(x_t, t), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # the tanh output saturates if one step pushes the residual far: clip so training cannot diverge into it
+        torch.nn.utils.clip_grad_norm_(network.parameters(), max_norm=GRADIENT_CLIP_NORM)
         optimizer.step()
         model.iteration += 1
         model.training_losses.append(float(loss.detach()))

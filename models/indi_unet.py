@@ -78,7 +78,7 @@ class InDIConfig:
     dilations: tuple[int, ...] = (1, 2, 4)
     patch_size: int = 64
     batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     t_one_fraction: float = 0.2
     steps: int = 8
     seed: int = 0

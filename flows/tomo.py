@@ -1,0 +1,165 @@
+"""In-situ tomography: the end-of-run flow (reconstruct → enhance → segment → quantify) and the dry run.
+
+One scan, as data: the area detector's HDF5 file (darks, flats, projections; a scan repeated after a beam loss
+keeps its frames of every attempt, the last attempt is the complete one) → flat/dark correction, centre search,
+ring removal, filtered back-projection → the slices in 1/µm → InDI enhancement 2× → particles segmented →
+resolution (edge FWHM), CNR and particle fraction → Prefect artifacts and a before/after PNG.
+
+The dry run drives the simulated beamline with the Bluesky plans (an in-situ series of low-quality scans at
+three states of charge, then one high-quality reference scan), runs the end-of-run flow on each scan, and
+compares LQ, HQ and enhanced slices over the HQ field of view.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices.beamline import DATA_PATH, FRAME_DATASETS
+from models.indi import InDIModel, upsample_lq
+from models.tomo_metrics import cnr, edge_resolution_nm, segment_particles
+from models.tomo_reconstruction import reconstruct
+from simulators.tomography import HQ, LQ, QUALITIES, hq_region_in_lq, pillar_mask
+
+#: ``image_key`` values of the detector (NeXus convention).
+PROJECTION, FLAT, DARK = 0, 1, 2
+#: The InDI model shipped with the project (``morphloop indi train`` reproduces it; see the README).
+DEFAULT_INDI_MODEL = Path(__file__).resolve().parents[1] / "models" / "weights" / "indi"
+
+
+@dataclass
+class ScanData:
+    """Frames of one scan, ``n x rows x cols`` counts, and the projection angles (degrees)."""
+
+    projections: np.ndarray
+    flats: np.ndarray
+    darks: np.ndarray
+    angles_deg: np.ndarray
+
+
+def read_scan_file(path: str | Path) -> ScanData:
+    """The complete (last) attempt of a scan from the detector's HDF5 file.
+
+    Raises
+    ------
+    ValueError
+        When the file lacks darks, flats or projections in its last attempt.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        frames = handle[DATA_PATH][...]
+        key = handle[FRAME_DATASETS["image_key"]][...]
+        angle = handle[FRAME_DATASETS["rotation_angle"]][...]
+        attempt = handle[FRAME_DATASETS["attempt"]][...]
+    last = attempt == attempt.max()
+    parts = {name: frames[last & (key == value)] for name, value in
+             (("projections", PROJECTION), ("flats", FLAT), ("darks", DARK))}
+    missing = [name for name, a in parts.items() if len(a) == 0]
+    if missing:
+        raise ValueError(f"{path}: the scan's last attempt has no {', '.join(missing)}; it is incomplete")
+    return ScanData(parts["projections"].astype(np.float32), parts["flats"].astype(np.float32),
+                    parts["darks"].astype(np.float32), angle[last & (key == PROJECTION)].astype(np.float64))
+
+
+def reconstruct_slices(scan: ScanData, voxel_nm: float) -> tuple[np.ndarray, float]:
+    """``rows x N x N`` attenuation (1/µm) and the rotation centre used (detector column)."""
+    volume, center = reconstruct(scan.projections, scan.flats, scan.darks, scan.angles_deg)
+    return (volume / (voxel_nm * 1e-3)).astype(np.float32), float(center)
+
+
+def hq_reference_rows(hq_volume: np.ndarray) -> np.ndarray:
+    """HQ slices averaged in pairs of rows: the reference for LQ rows, which are twice as tall."""
+    rows = hq_volume.shape[0] // 2 * 2
+    return hq_volume[:rows].reshape(rows // 2, 2, *hq_volume.shape[1:]).mean(axis=1)
+
+
+def lq_over_hq_field(lq_volume: np.ndarray) -> np.ndarray:
+    """The part of an LQ reconstruction that the HQ scan sees (still at LQ resolution).
+
+    The HQ sample is a cylinder inside its field of view (air outside), so the LQ voxels outside it are set to
+    zero too: a training pair must show the same material.
+    """
+    field = lq_volume[hq_region_in_lq(HQ, LQ)].copy()
+    inside = pillar_mask(HQ).reshape(HQ.fov_px // 2, 2, HQ.fov_px // 2, 2).all(axis=(1, 3))
+    field[:, ~inside] = 0.0
+    return field
+
+
+def quantify(image: np.ndarray, particles: np.ndarray, voxel_nm: float) -> dict[str, float]:
+    """Resolution (edge FWHM, nm), CNR and particle area fraction of slices, with a particle mask."""
+    resolution = float(np.median([edge_resolution_nm(s, m, voxel_nm) for s, m in zip(image, particles)]))
+    contrast = float(np.median([cnr(s, m) for s, m in zip(image, particles)]))
+    return {"resolution_nm": resolution, "cnr": contrast, "particle_fraction": float(particles.mean())}
+
+
+def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InDIModel,
+                      steps: int | None = None) -> dict[str, Any]:
+    """LQ (bicubic 2×), enhanced and HQ slices over the HQ field, measured with the HQ particle mask.
+
+    Using one mask (segmented on the HQ reference) for all three keeps the comparison about the images,
+    not about three segmentations.
+    """
+    bicubic = upsample_lq(lq_field)
+    enhanced = model.enhance(lq_field, steps=steps)
+    plain = model.enhance(lq_field, steps=1)
+    mask = np.stack([segment_particles(s) for s in hq_reference])
+    voxel = HQ.voxel_nm
+    return {
+        "lq": quantify(bicubic, mask, voxel),
+        "hq": quantify(hq_reference, mask, voxel),
+        "enhanced": quantify(enhanced, mask, voxel),
+        "one_step": quantify(plain, mask, voxel),
+        "images": {"lq": bicubic, "hq": hq_reference, "enhanced": enhanced},
+    }
+
+
+def save_before_after(path: Path, lq: np.ndarray, enhanced: np.ndarray, hq: np.ndarray | None = None,
+                      title: str = "") -> Path:
+    """A PNG: bicubic LQ, InDI-enhanced and (when given) HQ slices side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("LQ (bicubic 2x)", lq), ("InDI enhanced", enhanced)] + ([("HQ reference", hq)] if hq is not None else [])
+    lo, hi = np.percentile(np.concatenate([p.ravel() for _, p in panels]), [1, 99])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2))
+    for ax, (name, image) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def load_model(model_dir: str | Path | None) -> InDIModel:
+    """The InDI model in ``model_dir`` (default: the shipped one)."""
+    directory = Path(model_dir) if model_dir else DEFAULT_INDI_MODEL
+    return InDIModel.load(directory)
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    """One line of strict JSON (arrays dropped, numbers as floats)."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if not isinstance(v, np.ndarray)}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, (np.floating, np.integer)):
+            return value.item()
+        return value
+
+    return json.dumps(clean(summary))
+
+
+__all__ = ["QUALITIES", "ScanData", "read_scan_file", "reconstruct_slices", "hq_reference_rows", "lq_over_hq_field",
+           "quantify", "compare_qualities", "save_before_after", "load_model", "summary_json",
+           "DEFAULT_INDI_MODEL"]
