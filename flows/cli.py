@@ -269,3 +269,9 @@ def main() -> None:  # pragma: no cover - console entry point
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+from flows.cli_tomo import indi_app, tomo_app  # noqa: E402 - the sub-commands register on the app defined above
+
+app.add_typer(tomo_app, name="tomo")
+app.add_typer(indi_app, name="indi")

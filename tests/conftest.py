@@ -24,3 +24,12 @@ def _lazily_sized_png(path: Path, width: int, height: int) -> Path:
 def lazily_sized_png():
     """Factory: ``lazily_sized_png(path, width, height) -> path``."""
     return _lazily_sized_png
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API (SQLite) for the whole session: its start takes 20-30 s."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield

@@ -1,0 +1,165 @@
+"""``morphloop tomo ...`` and ``morphloop indi ...``: in-situ tomography dry run, InDI training and enhancement.
+
+``--json`` output goes to stdout and nothing else does; progress and logs go to stderr.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+tomo_app = typer.Typer(help="In-situ X-ray tomography: dry run on the simulated beamline, InDI enhancement.",
+                       no_args_is_help=True)
+indi_app = typer.Typer(help="InDI restoration models (paper 001): training on one LQ/HQ pair.", no_args_is_help=True)
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@tomo_app.command("dry-run")
+def dry_run(
+    data_dir: Path = typer.Option(Path("tomo-dry-run"), "--data-dir", help="Folder for frames, documents, results."),
+    model: Optional[Path] = typer.Option(None, "--model", help="InDI model folder (default: the shipped model)."),
+    steps: int = typer.Option(8, "--steps", help="InDI sampling steps."),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON object on stdout."),
+) -> None:
+    """The in-situ plan on the simulated beamline (LQ scans at three states of charge with an open-circuit hold
+    before each, one HQ reference), the end-of-run flow on every scan, and LQ vs enhanced vs HQ figures."""
+    if steps < 1:
+        _err(f"error: --steps must be >= 1, got {steps}")
+        raise typer.Exit(2)
+    model_dir = _check_model(model)
+    if (data_dir / "documents.jsonl").exists():
+        _err(f"error: --data-dir {data_dir} already holds a dry run; pass a new folder so nothing is overwritten")
+        raise typer.Exit(2)
+    from flows.tomo import summary_json
+    from flows.tomo_flow import tomo_dry_run
+
+    summary = tomo_dry_run(str(data_dir), model_dir=model_dir, steps=steps)
+    if as_json:
+        print(summary_json(summary), flush=True)
+    else:
+        for key in ("resolution_nm", "cnr"):
+            v = summary[key]
+            _err(f"{key}: LQ {v['lq']:.2f}, enhanced {v['enhanced']:.2f}, HQ {v['hq']:.2f}")
+        _err(f"comparison: {summary['comparison_png']}")
+
+
+@tomo_app.command("enhance")
+def enhance(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="LQ slice or stack (.tif, .npy, .h5)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="InDI model folder (default: the shipped model)."),
+    steps: int = typer.Option(8, "--steps", help="InDI sampling steps (1 = plain regression)."),
+    out: Path = typer.Option(..., "--out", help="Output file, 2x the input's resolution, same format by suffix."),
+) -> None:
+    """Enhance a low-quality slice or stack 2x with InDI."""
+    from models.volume_io import VolumeIOError, read_volume, write_volume
+
+    if steps < 1:
+        _err(f"error: --steps must be >= 1, got {steps}")
+        raise typer.Exit(2)
+    model_dir = _check_model(model)
+    try:
+        lq = read_volume(input_path)
+        from flows.tomo import load_model
+
+        t0 = time.perf_counter()
+        enhanced = load_model(model_dir).enhance(lq, steps=steps)
+        write_volume(out, enhanced)
+    except VolumeIOError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2)
+    _err(f"{input_path} {lq.shape} -> {out} {enhanced.shape} in {time.perf_counter() - t0:.1f} s ({steps} steps)")
+
+
+@tomo_app.command("simulate-pair")
+def simulate_pair(
+    out: Path = typer.Option(..., "--out", help="Folder for lq.npy and hq.npy."),
+    seed: int = typer.Option(101, "--seed", help="Electrode cell of the pair (the dry run uses another one)."),
+    soc: float = typer.Option(0.5, "--soc", help="State of charge of the cell, 0..1."),
+) -> None:
+    """Simulate and reconstruct one LQ/HQ scan pair of the same cell: the training pair of ``indi train``.
+
+    lq.npy: the LQ slices over the HQ field of view (rows x 64 x 64 at 100 nm); hq.npy: the HQ slices averaged
+    over row pairs to the LQ row height (rows x 128 x 128 at 50 nm).
+    """
+    if not 0.0 <= soc <= 1.0 or seed < 0:
+        _err(f"error: --soc must be in [0, 1] and --seed >= 0, got soc={soc}, seed={seed}")
+        raise typer.Exit(2)
+    from flows.tomo import ScanData, hq_reference_rows, lq_over_hq_field, reconstruct_slices
+    from models.volume_io import write_volume
+    from simulators.tomography import HQ, LQ, ElectrodeCell, simulate_scan
+
+    cell = ElectrodeCell(seed)
+    volumes = {}
+    for quality in (LQ, HQ):
+        scan = simulate_scan(cell, soc, quality, seed=seed + (1 if quality is HQ else 0))
+        volumes[quality.name], _ = reconstruct_slices(
+            ScanData(scan.projections, scan.flats, scan.darks, scan.angles_deg), quality.voxel_nm)
+    lq = write_volume(out / "lq.npy", lq_over_hq_field(volumes["lq"]))
+    hq = write_volume(out / "hq.npy", hq_reference_rows(volumes["hq"]))
+    _err(f"wrote {lq} and {hq}")
+
+
+@indi_app.command("train")
+def train(
+    lq: Path = typer.Option(..., "--lq", help="LQ slice or stack (.tif, .npy, .h5), half the HQ resolution."),
+    hq: Path = typer.Option(..., "--hq", help="HQ slice or stack of the same region."),
+    out: Path = typer.Option(..., "--out", help="Model folder (model.safetensors + config.json)."),
+    minutes: float = typer.Option(10.0, "--minutes", help="Training time budget."),
+    seed: int = typer.Option(0, "--seed", help="Seed of patch sampling and initialisation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT/checkpoint."),
+) -> None:
+    """Train InDI on one LQ/HQ pair, as paper 001 does (LQ registered onto HQ first)."""
+    from models.volume_io import VolumeIOError, read_volume
+
+    if not (minutes > 0 and math.isfinite(minutes)):
+        _err(f"error: --minutes must be a positive number, got {minutes}")
+        raise typer.Exit(2)
+    try:
+        lq_data, hq_data = read_volume(lq), read_volume(hq)
+    except VolumeIOError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2)
+    if lq_data.ndim != hq_data.ndim or any(2 * a != b for a, b in zip(lq_data.shape[-2:], hq_data.shape[-2:])) \
+            or (lq_data.ndim == 3 and lq_data.shape[0] != hq_data.shape[0]):
+        _err(f"error: LQ {lq_data.shape} must be half the HQ {hq_data.shape} in y and x (same number of rows); "
+             "crop both to the same region")
+        raise typer.Exit(2)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from models.indi import InDIConfig, train_indi
+
+    with Progress(TextColumn("training InDI"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                  console=_stderr_console(), transient=True) as progress:
+        task = progress.add_task("train", total=minutes * 60.0, info="")
+        t0 = time.perf_counter()
+
+        def report(iteration: int, loss: float) -> None:
+            progress.update(task, completed=min(time.perf_counter() - t0, minutes * 60.0),
+                            info=f"iteration {iteration}, loss {loss:.4f}")
+
+        model = train_indi(lq_data, hq_data, InDIConfig(seed=seed), minutes=minutes, progress=report,
+                           checkpoint_dir=out / "checkpoint", resume=resume)
+    model.save(out)
+    _err(f"model saved to {out} ({time.perf_counter() - t0:.0f} s)")
+
+
+def _check_model(model: Optional[Path]) -> Optional[str]:
+    if model is None:
+        return None
+    if not (model / "config.json").is_file():
+        _err(f"error: --model {model} has no config.json; pass a folder written by 'morphloop indi train'")
+        raise typer.Exit(2)
+    return str(model)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr)

@@ -1,0 +1,158 @@
+"""Prefect flows of the tomography station: the end-of-run processing of one scan, and the in-situ dry run.
+
+``tomo_end_of_run`` runs after each scan (reconstruct → enhance → segment → quantify → artifacts + PNG);
+``tomo_dry_run`` is what ``morphloop tomo dry-run`` runs: the in-situ plan on the simulated beamline, one
+high-quality reference scan, the end-of-run flow on every scan, and the LQ / HQ / enhanced comparison.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bluesky import RunEngine
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from devices.beamline import TomoStation
+from devices.beamline_sim import SimulatedBeamline
+from devices.tomo_plans import beam_suspender, insitu_tomography, tomo_scan
+from flows.simulate import DocumentLog
+from flows.tomo import (
+    compare_qualities,
+    hq_reference_rows,
+    load_model,
+    lq_over_hq_field,
+    quantify,
+    read_scan_file,
+    reconstruct_slices,
+    save_before_after,
+)
+from models.indi import upsample_lq
+from models.tomo_metrics import segment_particles
+from models.volume_io import write_volume
+from simulators.tomography import QUALITIES
+
+
+@task(name="reconstruct")
+def reconstruct_task(scan_file: str, quality: str) -> tuple[np.ndarray, float]:
+    return reconstruct_slices(read_scan_file(scan_file), QUALITIES[quality].voxel_nm)
+
+
+@task(name="enhance")
+def enhance_task(volume: np.ndarray, model_dir: str | None, steps: int) -> np.ndarray:
+    return load_model(model_dir).enhance(volume, steps=steps)
+
+
+@flow(name="tomo-end-of-run")
+def tomo_end_of_run(scan_file: str, quality: str, out_dir: str, model_dir: str | None = None, steps: int = 8,
+                    rows: int = 4) -> dict[str, Any]:
+    """Reconstruct one scan; for LQ scans enhance ``rows`` central slices 2× with InDI; segment and quantify.
+
+    Writes ``<scan>_recon.h5`` (and ``<scan>_enhanced.h5``) and a before/after PNG into ``out_dir``, and a
+    Prefect markdown artifact with the figures. Returns them.
+    """
+    logger = get_run_logger()
+    out = Path(out_dir)
+    stem = Path(scan_file).stem
+    volume, center = reconstruct_task(scan_file, quality)
+    write_volume(out / f"{stem}_recon.h5", volume)
+    voxel = QUALITIES[quality].voxel_nm
+    middle = volume.shape[0] // 2
+    picked = volume[max(middle - rows // 2, 0): middle - rows // 2 + rows]
+    result: dict[str, Any] = {"scan": scan_file, "quality": quality, "center_px": center}
+    if quality == "lq":
+        enhanced = enhance_task(picked, model_dir, steps)
+        write_volume(out / f"{stem}_enhanced.h5", enhanced)
+        mask = np.stack([segment_particles(s) for s in enhanced])
+        result["enhanced"] = quantify(enhanced, mask, voxel / 2)
+        result["png"] = str(save_before_after(out / f"{stem}_before_after.png", upsample_lq(picked[0]), enhanced[0],
+                                              title=f"{stem}: centre {center:.1f} px"))
+    else:
+        mask = np.stack([segment_particles(s) for s in picked])
+        result[quality] = quantify(picked, mask, voxel)
+    figures = result.get("enhanced", result.get(quality))
+    create_markdown_artifact(
+        key="tomo-scan", description=f"end of run: {stem}",
+        markdown=(f"### {stem} ({quality})\n\n| centre (px) | resolution (nm) | CNR | particle fraction |\n"
+                  f"|---|---|---|---|\n| {center:.2f} | {figures['resolution_nm']:.0f} | {figures['cnr']:.2f} | "
+                  f"{figures['particle_fraction']:.3f} |\n" + (f"\n![before/after]({result['png']})\n"
+                                                              if "png" in result else "")))
+    logger.info("%s: centre %.2f px, resolution %.0f nm, CNR %.2f", stem, center, figures["resolution_nm"],
+                figures["cnr"])
+    return result
+
+
+class ScanCollector:
+    """Remembers, per Bluesky run, its start metadata and the HDF5 file its frames went to."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, Any]] = []
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "start":
+            self.runs.append({"uid": doc["uid"], "quality": doc.get("quality"), "soc": doc.get("soc"),
+                              "timepoint": doc.get("timepoint"), "file": None})
+        elif name == "resource" and self.runs:
+            self.runs[-1]["file"] = str(Path(doc["root"]) / doc["resource_path"])
+
+
+@flow(name="tomo-dry-run")
+def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_timepoints: int = 3,
+                 c_rate: float = 2.0, interval_min: float = 15.0, n_projections: int = 180,
+                 steps: int = 8) -> dict[str, Any]:
+    """The in-situ series on the simulated beamline, end-of-run processing, and the quality comparison.
+
+    The cell (``seed``) is not the one the InDI model was trained on. LQ scans at ``n_timepoints`` states of
+    charge (open-circuit hold before each), then one HQ reference scan at the final state; all documents go to
+    ``data_dir/documents.jsonl``. The returned summary compares LQ, HQ and enhanced slices of the final state
+    over the HQ field of view (``resolution_nm`` and ``cnr``, each with ``lq``, ``hq``, ``enhanced``).
+    """
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    beamline = SimulatedBeamline(data / "raw", seed=seed, time_compression=600.0, beam_outage_s=60.0)
+    station = TomoStation.simulated(beamline, quality="lq")
+    engine = RunEngine({})
+    log = DocumentLog(data / "documents.jsonl")
+    collector = ScanCollector()
+    engine.subscribe(log)
+    engine.subscribe(collector)
+    engine.install_suspender(beam_suspender(station.beam))
+    devices = (station.detector, station.rotation, station.sample_stage, station.shutter)
+    try:
+        engine(insitu_tomography(station.potentiostat, *devices, c_rate=c_rate, interval_min=interval_min,
+                                 n_timepoints=n_timepoints, ocv_hold_min=1.0, quality="lq",
+                                 n_projections=n_projections))
+        engine(tomo_scan(*devices, n_projections=n_projections, quality="hq", potentiostat=station.potentiostat))
+    finally:
+        log.close()
+    processed = data / "processed"
+    scans = []
+    for run in collector.runs:
+        if run["file"] is None:
+            continue
+        scans.append({**run, **tomo_end_of_run(run["file"], run["quality"], str(processed), model_dir, steps)})
+    lq_final = next(r for r in reversed(collector.runs) if r["quality"] == "lq" and r["file"])
+    hq_final = next(r for r in reversed(collector.runs) if r["quality"] == "hq" and r["file"])
+    lq_volume, _ = reconstruct_slices(read_scan_file(lq_final["file"]), QUALITIES["lq"].voxel_nm)
+    hq_volume, _ = reconstruct_slices(read_scan_file(hq_final["file"]), QUALITIES["hq"].voxel_nm)
+    comparison = compare_qualities(lq_over_hq_field(lq_volume), hq_reference_rows(hq_volume), load_model(model_dir),
+                                   steps=steps)
+    images = comparison.pop("images")
+    png = save_before_after(processed / "comparison.png", images["lq"][0], images["enhanced"][0], images["hq"][0],
+                            title=f"final state of charge {hq_final['soc']:.2f}")
+    summary = {
+        "data_dir": str(data),
+        "scans": [{k: s[k] for k in ("timepoint", "soc", "quality", "file", "center_px") if k in s} for s in scans],
+        "resolution_nm": {k: comparison[k]["resolution_nm"] for k in ("lq", "hq", "enhanced")},
+        "cnr": {k: comparison[k]["cnr"] for k in ("lq", "hq", "enhanced")},
+        "one_step": comparison["one_step"],
+        "comparison_png": str(png),
+    }
+    create_markdown_artifact(
+        key="tomo-dry-run", description="LQ vs enhanced vs HQ",
+        markdown=("| | LQ (bicubic) | InDI | HQ |\n|---|---|---|---|\n"
+                  f"| resolution (nm) | {summary['resolution_nm']['lq']:.0f} | {summary['resolution_nm']['enhanced']:.0f}"
+                  f" | {summary['resolution_nm']['hq']:.0f} |\n"
+                  f"| CNR | {summary['cnr']['lq']:.2f} | {summary['cnr']['enhanced']:.2f} | {summary['cnr']['hq']:.2f} |\n"))
+    return summary

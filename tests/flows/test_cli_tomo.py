@@ -1,0 +1,89 @@
+"""``morphloop indi train``, ``morphloop tomo enhance`` and ``morphloop tomo dry-run`` end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.tomo import DEFAULT_INDI_MODEL
+from models.volume_io import read_volume
+
+try:
+    RUNNER = CliRunner(mix_stderr=False)
+except TypeError:  # click >= 8.2 always keeps stderr apart
+    RUNNER = CliRunner()
+
+
+def invoke(*args):
+    result = RUNNER.invoke(app, list(map(str, args)))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def disks(rng, size, n=12):
+    yy, xx = np.mgrid[:size, :size]
+    image = np.zeros((size, size), np.float32)
+    for _ in range(n):
+        cy, cx, r = rng.uniform(0, size, 2).tolist() + [rng.uniform(size / 16, size / 8)]
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 1.0
+    return image
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    hq = np.stack([disks(rng, 64) for _ in range(2)])
+    lq = hq.reshape(2, 32, 2, 32, 2).mean(axis=(2, 4)) + rng.normal(0, 0.2, (2, 32, 32)).astype(np.float32)
+    folder = tmp_path_factory.mktemp("pair")
+    np.save(folder / "lq.npy", lq)
+    tifffile.imwrite(folder / "hq.tif", hq)
+    return folder
+
+
+def test_indi_train_writes_a_loadable_model(pair, tmp_path):
+    result = invoke("indi", "train", "--lq", pair / "lq.npy", "--hq", pair / "hq.tif", "--out", tmp_path / "m",
+                    "--minutes", 0.05)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "config.json").is_file()
+    out = tmp_path / "enhanced.h5"
+    result = invoke("tomo", "enhance", pair / "lq.npy", "--model", tmp_path / "m", "--steps", 2, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert read_volume(out).shape == (2, 64, 64)
+
+
+def test_indi_train_refuses_mismatched_pairs(pair, tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((2, 30, 32), np.float32))
+    result = invoke("indi", "train", "--lq", tmp_path / "bad.npy", "--hq", pair / "hq.tif", "--out", tmp_path / "m")
+    assert result.exit_code == 2 and "half the HQ" in result.stderr
+    result = invoke("indi", "train", "--lq", tmp_path / "missing.npy", "--hq", pair / "hq.tif", "--out", tmp_path / "m")
+    assert result.exit_code == 2 and "file not found" in result.stderr
+
+
+def test_enhance_with_the_shipped_model_doubles_the_resolution(tmp_path):
+    assert (DEFAULT_INDI_MODEL / "model.safetensors").is_file(), "the shipped InDI model is missing"
+    lq = np.random.default_rng(1).random((48, 48)).astype(np.float32) * 0.1
+    tifffile.imwrite(tmp_path / "slice.tif", lq)
+    result = invoke("tomo", "enhance", tmp_path / "slice.tif", "--out", tmp_path / "out.tif")
+    assert result.exit_code == 0, result.stderr
+    assert read_volume(tmp_path / "out.tif").shape == (96, 96)
+    result = invoke("tomo", "enhance", tmp_path / "slice.txt", "--out", tmp_path / "out.tif")
+    assert result.exit_code == 2 and "unsupported file type" in result.stderr
+
+
+@pytest.mark.slow
+def test_tomo_dry_run_json(tmp_path, prefect_harness):
+    result = invoke("tomo", "dry-run", "--data-dir", tmp_path / "run", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("resolution_nm", "cnr"):
+        assert set(summary[key]) == {"lq", "hq", "enhanced"}
+    # the enhanced slices are sharper and cleaner than the LQ ones they came from
+    assert summary["resolution_nm"]["enhanced"] < summary["resolution_nm"]["lq"]
+    assert summary["cnr"]["enhanced"] > summary["cnr"]["lq"]
+    lq_scans = [s for s in summary["scans"] if s["quality"] == "lq"]
+    assert len(lq_scans) == 3 and lq_scans[0]["soc"] < lq_scans[-1]["soc"]
+    assert (tmp_path / "run" / "documents.jsonl").is_file()
