@@ -37,6 +37,18 @@ MODES = ("sim", "epics")
 SAMPLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def finish_status(lock, status, exc: BaseException | None = None) -> None:
+    """Finish ``status`` once, under the device's ``lock``: successfully, or with ``exc``. A Status already done
+    (finished by ``stop()`` or by a timeout racing the backend) is left alone."""
+    with lock:
+        if status.done:
+            return
+        if exc is None:
+            status.set_finished()
+        else:
+            status.set_exception(exc)
+
+
 class SampleError(ValueError):
     """A sample id that is malformed, already used, or unknown to the lab."""
 

@@ -22,7 +22,7 @@ from ophyd.signal import InternalSignal
 from ophyd.status import DeviceStatus, SubscriptionStatus
 
 from devices.lab import (LimitedEpicsSignal, LimitedSignal, ModeComponent, SampleError, SimulatedLab, check_mode,
-                         device_pv_names)
+                         device_pv_names, finish_status)
 from simulators.conditions import CONDITIONS, CategoricalCondition, ConditionError, validate_conditions
 from simulators.faults import LabFault
 
@@ -235,13 +235,7 @@ class Reactor(Device):
         getattr(self, attr).put(value, internal=True)
 
     def _finish(self, status: DeviceStatus, exc: BaseException | None) -> None:
-        with self._batch_lock:
-            if status.done:
-                return
-            if exc is None:
-                status.set_finished()
-            else:
-                status.set_exception(exc)
+        finish_status(self._batch_lock, status, exc)
 
     def _start_sim(self, sample_id: str, timeout: float | None) -> DeviceStatus:
         status = DeviceStatus(self, timeout=timeout, call_stop_on_failure=False)

@@ -22,7 +22,8 @@ from ophyd import Device, EpicsSignal, EpicsSignalRO, Signal
 from ophyd.signal import InternalSignal
 from ophyd.status import DeviceStatus
 
-from devices.lab import LimitedEpicsSignal, LimitedSignal, ModeComponent, SimulatedLab, check_mode, device_pv_names
+from devices.lab import (LimitedEpicsSignal, LimitedSignal, ModeComponent, SimulatedLab, check_mode, device_pv_names,
+                         finish_status)
 from simulators.microscope import MAGNIFICATIONS, render_micrograph, write_micrograph
 
 #: ``spec`` of the Resource documents: one 8-bit grayscale TIFF per resource, a single frame (datum_kwargs {}).
@@ -186,13 +187,7 @@ class SEM(Device):
 
     # ------------------------------------------------------------------ backends
     def _finish(self, status: DeviceStatus, exc: BaseException | None) -> None:
-        with self._lock:
-            if status.done:
-                return
-            if exc is None:
-                status.set_finished()
-            else:
-                status.set_exception(exc)
+        finish_status(self._lock, status, exc)
 
     def _reference_file(self, root: str, resource_path: str, pixel_size_um: float | None) -> None:
         """Record the frame at ``root/resource_path``: datum id and path into the signals, Resource + Datum

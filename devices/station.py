@@ -9,7 +9,7 @@ from ophyd.signal import InternalSignal
 from ophyd.status import DeviceStatus
 
 from devices.beamline_sim import SimulatedBeamline
-from devices.lab import LimitedEpicsSignal, LimitedSignal, ModeComponent, device_pv_names
+from devices.lab import MODES, LimitedEpicsSignal, LimitedSignal, ModeComponent, device_pv_names, finish_status
 
 #: ``spec`` of the detector's Resource documents: one HDF5 file per scan, frames stacked in ``/entry/data/data``;
 #: ``resource_kwargs = {"frame_per_point": 1}``, ``datum_kwargs = {"point_number": i}`` (read with
@@ -25,7 +25,6 @@ SHUTTER_COMMANDS = ("open", "close")
 POTENTIOSTAT_MODES = ("ocv", "cc_charge")
 #: Lab seconds the shutter takes to open or close.
 SHUTTER_TIME_S = 0.5
-MODES = ("sim", "epics")
 
 
 class AcquisitionAborted(RuntimeError):
@@ -85,13 +84,7 @@ class StationDevice(Device):
         getattr(self, attr).put(value, internal=True)
 
     def _finish(self, status: DeviceStatus, exc: BaseException | None) -> None:
-        with self._status_lock:
-            if status.done:
-                return
-            if exc is None:
-                status.set_finished()
-            else:
-                status.set_exception(exc)
+        finish_status(self._status_lock, status, exc)
 
     def _run_sim(self, lab_seconds: float, done: Callable[[bool], None], timeout: float | None) -> DeviceStatus:
         """A Status that finishes after ``lab_seconds`` of lab time, calling ``done(stopped)`` first; at once
