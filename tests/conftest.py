@@ -28,8 +28,9 @@ def lazily_sized_png():
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect API (SQLite) for the whole session: its start takes 20-30 s."""
+    """One temporary Prefect API (SQLite) for the whole session: its start takes 20-30 s, more on a busy
+    2-core machine, so the harness's 30-s default start timeout is raised."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):
         yield
