@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+# Prefect's temporary API server takes 20-30 s to start on 2 busy cores; its 20-s default gives up too early.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network at run time
 
 app = typer.Typer(
     name="morphloop",
@@ -275,3 +280,7 @@ from flows.cli_tomo import indi_app, tomo_app  # noqa: E402 - the sub-commands r
 
 app.add_typer(tomo_app, name="tomo")
 app.add_typer(indi_app, name="indi")
+
+from flows.cli_surrogate import surrogate_app  # noqa: E402
+
+app.add_typer(surrogate_app, name="surrogate")

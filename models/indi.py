@@ -28,17 +28,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 from skimage.registration import phase_cross_correlation
 
+from models.checkpointing import STATE_FILE, atomic_write, load_optimizer, save_optimizer
 from models.indi_unet import (InDIConfig, InDIUNet, count_parameters, indi_interpolate, indi_loss, indi_sample,
                               sample_times)
 
@@ -46,7 +45,6 @@ __all__ = ["InDIConfig", "InDIModel", "InDIModelError", "InDIUNet", "count_param
            "register_lq_to_hq", "train_indi", "upsample_lq"]
 
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
-OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "training_state.json"
 _PERCENTILES = (0.1, 99.9)
 
 
@@ -192,8 +190,8 @@ class InDIModel:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.network.state_dict().items()}
-        _atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(self.config.to_json(), indent=2)))
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+        atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(self.config.to_json(), indent=2)))
         return directory
 
     @classmethod
@@ -228,13 +226,6 @@ class InDIModel:
             raise InDIModelError(f"weights {weights_path} do not match the architecture in {config_path} "
                                  f"({str(exc).splitlines()[0]}); {fix}") from exc
         return cls(network.eval(), config)
-
-
-def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write through a temporary sibling and ``os.replace`` it onto ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -289,32 +280,15 @@ def _learning_rate(config: InDIConfig, progress: float) -> float:
 def _save_checkpoint(directory: Path, model: InDIModel, optimizer: torch.optim.Optimizer,
                      rng: np.random.Generator) -> None:
     """Model files + ``optimizer.safetensors`` + ``training_state.json`` (iteration, losses, RNG state)."""
-    from safetensors.torch import save_file
-
     model.save(directory)
-    opt = optimizer.state_dict()
-    tensors = {f"{idx}.{name}": torch.as_tensor(value).detach().reshape(-1).contiguous().clone()
-               for idx, per_param in opt["state"].items() for name, value in per_param.items()}
-    _atomic(directory / OPTIMIZER_FILE, lambda p: save_file(tensors, str(p)))
-    state = {"iteration": model.iteration, "losses": model.training_losses,
-             "rng_state": rng.bit_generator.state, "param_groups": opt["param_groups"]}
-    _atomic(directory / STATE_FILE, lambda p: p.write_text(json.dumps(state)))
+    save_optimizer(directory, optimizer, {"iteration": model.iteration, "losses": model.training_losses,
+                                          "rng_state": rng.bit_generator.state})
 
 
 def _load_checkpoint(directory: Path, network: InDIUNet,
                      optimizer: torch.optim.Optimizer) -> tuple[int, list[float], dict]:
     """Restore optimizer state; returns ``(iteration, losses, rng_state)``."""
-    from safetensors.torch import load_file
-
-    state = json.loads((directory / STATE_FILE).read_text())
-    flat = load_file(str(directory / OPTIMIZER_FILE))
-    params = list(network.parameters())
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in flat.items():
-        idx, name = key.split(".", 1)
-        shape = () if name == "step" else params[int(idx)].shape
-        per_param.setdefault(int(idx), {})[name] = value.reshape(shape)
-    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    state = load_optimizer(directory, network.parameters(), optimizer)
     return int(state["iteration"]), [float(v) for v in state["losses"]], state["rng_state"]
 
 

@@ -1,0 +1,206 @@
+"""``morphloop surrogate``: build a training set, train, generate, report (paper 000's forward model).
+
+``--json`` output goes to stdout, one object per line, and nothing else does; progress and logs go to stderr.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+surrogate_app = typer.Typer(help="Conditional diffusion surrogate: synthesis conditions -> SEM images.",
+                            no_args_is_help=True)
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr)
+
+
+def _default_model(model: Optional[Path]) -> Path:
+    from models.surrogate.model import CONFIG_FILE, DEFAULT_MODEL_DIR
+
+    path = model or DEFAULT_MODEL_DIR
+    if not (path / CONFIG_FILE).is_file():
+        _err(f"error: {path} is not a surrogate model ({CONFIG_FILE} missing); pass --model MODEL_DIR written by "
+             "'morphloop surrogate train'")
+        raise typer.Exit(2)
+    return path
+
+
+def parse_conditions_arg(text: str) -> list[dict]:
+    """A JSON object, a JSON list of objects, or a path to a .json / .jsonl file holding them."""
+    source = text
+    path = Path(text)
+    if not text.lstrip().startswith(("{", "[")):
+        if not path.is_file():
+            raise ValueError(f"--conditions {text!r} is neither JSON nor an existing file; pass e.g. "
+                             "'{\"ph\": 10.5, ...}' or a .json/.jsonl file")
+        source = path.read_text()
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in source.splitlines() if line.strip()]
+    try:
+        data = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--conditions is not valid JSON ({exc})") from exc
+    items = data if isinstance(data, list) else [data]
+    if not items or not all(isinstance(i, dict) for i in items):
+        raise ValueError("--conditions must be a JSON object or a non-empty list of objects (name -> value)")
+    return items
+
+
+@surrogate_app.command("build-data")
+def build_data(
+    out: Path = typer.Option(..., "--out", help="New folder for tiles + tiles.parquet + design.json."),
+    n_interior: int = typer.Option(256, "--interior", help="Sobol conditions inside the box."),
+    n_faces: int = typer.Option(64, "--faces", help="Conditions on the box's faces."),
+    n_heldout: int = typer.Option(32, "--heldout", help="Interpolation conditions left out of training."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(2, "--workers", help="Rendering processes."),
+) -> None:
+    """Render the surrogate's training set on the virtual lab (design documented in flows/surrogate_data.py)."""
+    from rich.progress import Progress
+
+    from flows.surrogate_data import build_training_set
+
+    try:
+        with Progress(console=_console(), transient=True) as progress:
+            task = progress.add_task("rendering conditions", total=n_interior + n_faces + n_heldout)
+            table = build_training_set(out, n_interior=n_interior, n_faces=n_faces, n_heldout=n_heldout,
+                                       seed=seed, workers=workers, progress=lambda k: progress.advance(task, k))
+    except FileExistsError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2)
+    _err(f"wrote {len(table)} tiles to {out}")
+
+
+@surrogate_app.command("train")
+def train(
+    data: Path = typer.Option(..., "--data", help="Training set from 'morphloop surrogate build-data'."),
+    out: Path = typer.Option(..., "--out", help="Model folder (diffusers parts: safetensors + config.json)."),
+    minutes: float = typer.Option(30.0, "--minutes", help="Training time budget (autoencoder + denoiser)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train the surrogate from scratch as a Prefect flow (checkpoints every 100 steps)."""
+    if not (minutes > 0 and math.isfinite(minutes)):
+        _err(f"error: --minutes must be a positive number, got {minutes}")
+        raise typer.Exit(2)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.surrogate_flow import train_surrogate
+
+    t0 = time.perf_counter()
+    with Progress(TextColumn("training surrogate"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=_console(), transient=True) as progress:
+        task = progress.add_task("train", total=minutes * 60.0, info="")
+
+        def report(phase: str, step: int, loss: float) -> None:
+            progress.update(task, completed=min(time.perf_counter() - t0, minutes * 60.0),
+                            info=f"{phase} step {step}, loss {loss:.4f}")
+
+        try:
+            summary = train_surrogate(str(data), str(out), minutes=minutes, resume=resume, seed=seed,
+                                      progress=report)
+        except (FileNotFoundError, ValueError) as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2)
+    _err(f"model saved to {out} ({summary['wall_seconds']:.0f} s)")
+
+
+@surrogate_app.command("generate")
+def generate(
+    conditions: str = typer.Option(..., "--conditions", help="JSON object/list, or a .json/.jsonl file."),
+    n: int = typer.Option(4, "--n", help="Images per condition and magnification."),
+    out: Path = typer.Option(..., "--out", help="Folder for the generated TIFF tiles."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: the shipped model)."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed: the same seed gives the same images."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Solver steps (default: the model's)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per condition on stdout."),
+) -> None:
+    """Generate SEM tiles for synthesis conditions and describe them with describe's pipeline."""
+    from models.surrogate.conditioning import ConditionInputError, OutOfDomainWarning
+    from models.surrogate.predictor import SurrogatePredictor
+    from simulators.fields import write_sem_tiff
+
+    if n < 1:
+        _err(f"error: --n must be at least 1, got {n}")
+        raise typer.Exit(2)
+    try:
+        items = parse_conditions_arg(conditions)
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2)
+    predictor = SurrogatePredictor.from_pretrained(_default_model(model), steps=steps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OutOfDomainWarning)
+        try:
+            predictions = predictor.predict(items, n_images=n, seed=seed, keep_images=True)
+        except ConditionInputError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2)
+    for w in caught:
+        if issubclass(w.category, OutOfDomainWarning):
+            _err(f"warning: {w.message}")
+    px = predictor.surrogate.config.pixel_size_um
+    for i, pred in enumerate(predictions):
+        paths: dict[str, list[str]] = {}
+        for mag, stack in pred.images.items():
+            paths[mag] = []
+            for k, tile in enumerate(stack):
+                path = out / f"condition_{i:03d}" / f"{mag}_{k}.tif"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_sem_tiff(path, tile, px[mag], bits=16, extra={"conditions": pred.conditions,
+                                                                    "generated_by": "morphloop surrogate"})
+                paths[mag].append(str(path))
+        record = {"conditions": pred.conditions, "images": paths, "pixel_size_um": px,
+                  "descriptors": {k: (None if not math.isfinite(v) else v) for k, v in pred.descriptors.items()},
+                  "domain_distance": None if not math.isfinite(pred.domain_distance) else pred.domain_distance}
+        if as_json:
+            typer.echo(json.dumps(record))
+        else:
+            d = pred.descriptors
+            _err(f"condition {i}: D50 {d['d50_um']:.2f} µm, sphericity {d['sphericity_mean']:.3f} "
+                 f"± {d['sphericity_std']:.3f}, texture {d['texture']:.3f} -> {out / f'condition_{i:03d}'}")
+
+
+@surrogate_app.command("report")
+def report(
+    model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: the shipped model)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: MODEL/report)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training set, for the memorisation check."),
+    heldout: int = typer.Option(32, "--heldout", help="Interpolation conditions (never trained on)."),
+    unseen: int = typer.Option(16, "--unseen", help="Fresh random conditions."),
+    n: int = typer.Option(8, "--n", help="Tiles per condition and magnification."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object on stdout."),
+) -> None:
+    """Fidelity on held-out conditions (R² vs simulator, baselines, distributions, memorisation) + a PNG grid."""
+    from rich.progress import Progress
+
+    from flows.surrogate_report import fidelity_report, report_markdown
+
+    model_dir = _default_model(model)
+    out_dir = out or (model_dir / "report")
+    if data is not None and not (data / "tiles.parquet").is_file():
+        _err(f"error: --data {data} holds no tiles.parquet; pass a folder from 'morphloop surrogate build-data'")
+        raise typer.Exit(2)
+    with Progress(console=_console(), transient=True) as progress:
+        task = progress.add_task("simulating held-out conditions", total=heldout + unseen)
+        result = fidelity_report(model_dir, out_dir, data_dir=data, n_heldout=heldout, n_unseen=unseen,
+                                 n_images=n, progress=lambda phase, k: progress.advance(task, k))
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in result.items() if k != "per_condition"}, default=float))
+    else:
+        _err(report_markdown(result))
+    _err(f"report written to {out_dir}")

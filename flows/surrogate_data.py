@@ -1,0 +1,159 @@
+"""The surrogate's training set, built on the virtual lab.
+
+Design of conditions (paper 000, Figs. S5/S6 train on a grid and test on levels left out):
+
+* ``train``: scrambled-Sobol points over the whole box (interior) plus points on its faces (one coordinate at its
+  low or high bound) so the model sees the boundaries; atmospheres cycle through their choices.
+* ``heldout``: another Sobol sequence restricted to the central 80 % of each range: interpolation points that are
+  never in training (used by ``morphloop surrogate report``).
+
+Each condition is synthesised once (batch noise included) and imaged at both magnifications: a 256-px frame at
+3k× (0.2 µm/px) cut into four 128-px ``low`` tiles, and a 512-px frame at 30k× (0.01 µm/px) from which the four
+128-px tiles most covered by particle surface become ``high`` tiles. Tiles are TIFF files with their pixel size;
+``tiles.parquet`` lists one row per tile (path, split, condition id, magnification, pixel size, conditions and the
+sample's true morphology).
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from scipy.stats import qmc
+
+from models.texture import texture_foreground
+from simulators.conditions import CONDITIONS, CategoricalCondition, validate_conditions
+from simulators.coprecipitation import CoprecipitationWorld
+from simulators.fields import write_sem_tiff
+from simulators.microscope import render_micrograph
+
+TILE_PX = 128
+LOW_FRAME = (256, 3000.0)     # frame width (px), magnification -> 0.2 µm/px
+HIGH_FRAME = (512, 30000.0)   # -> 0.01 µm/px
+TILES_PER_MAGNIFICATION = 4
+TABLE = "tiles.parquet"
+CONTINUOUS = [c for c in CONDITIONS.values() if not isinstance(c, CategoricalCondition)]
+ATMOSPHERES = CONDITIONS["atmosphere"].choices
+
+
+def condition_schema() -> list[dict]:
+    """The virtual lab's conditions as a surrogate schema (see ``models.surrogate.conditioning``)."""
+    out = []
+    for c in CONDITIONS.values():
+        if isinstance(c, CategoricalCondition):
+            out.append({"name": c.name, "kind": "categorical", "choices": list(c.choices)})
+        else:
+            out.append({"name": c.name, "kind": "continuous", "low": c.low, "high": c.high, "log": False})
+    return out
+
+
+def _from_unit(u: np.ndarray, atmosphere_index: int) -> dict[str, Any]:
+    cond = {c.name: float(c.low + ui * (c.high - c.low)) for c, ui in zip(CONTINUOUS, u)}
+    cond["atmosphere"] = ATMOSPHERES[atmosphere_index % len(ATMOSPHERES)]
+    return validate_conditions({k: round(v, 4) if isinstance(v, float) else v for k, v in cond.items()})
+
+
+def design_conditions(n_interior: int = 256, n_faces: int = 64, n_heldout: int = 32, seed: int = 0
+                      ) -> dict[str, list[dict]]:
+    """``{"train": [...], "heldout": [...]}`` condition dicts with the virtual lab's names."""
+    d = len(CONTINUOUS)
+    rng = np.random.default_rng(seed)
+    interior = qmc.Sobol(d, scramble=True, seed=seed).random(n_interior)
+    faces = rng.random((n_faces, d))
+    faces[np.arange(n_faces), rng.integers(d, size=n_faces)] = rng.integers(2, size=n_faces)
+    heldout = 0.1 + 0.8 * qmc.Sobol(d, scramble=True, seed=seed + 1000).random(n_heldout)
+    train = [_from_unit(u, i) for i, u in enumerate(np.concatenate([interior, faces]))]
+    held = [_from_unit(u, i + 1) for i, u in enumerate(heldout)]
+    return {"train": train, "heldout": held}
+
+
+def render_condition_tiles(conditions: dict, sample_seed: int, world_seed: int = 0, n_tiles: int = 4
+                           ) -> tuple[dict[str, np.ndarray], dict[str, float], dict]:
+    """Synthesise one sample and image it: ``({"low": k x 128 x 128, "high": ...}, pixel sizes, morphology)``."""
+    morphology = CoprecipitationWorld(world_seed).synthesize(conditions, sample_seed)
+    tiles, pixel_sizes = {}, {}
+    for mag, (width, magnification) in (("low", LOW_FRAME), ("high", HIGH_FRAME)):
+        frame = render_micrograph(morphology, magnification, seed=sample_seed * 2 + (mag == "high"),
+                                  shape=(width + 24, width))
+        image = frame.image[:width]  # rows above the info bar
+        pixel_sizes[mag] = frame.pixel_size_um
+        tiles[mag] = _pick_tiles(image, frame.pixel_size_um, mag, n_tiles)
+    return tiles, pixel_sizes, morphology.as_dict()
+
+
+def _pick_tiles(image: np.ndarray, pixel_size_um: float, magnification: str, n: int) -> np.ndarray:
+    grid = [(y, x) for y in range(0, image.shape[0] - TILE_PX + 1, TILE_PX)
+            for x in range(0, image.shape[1] - TILE_PX + 1, TILE_PX)]
+    if magnification == "high":  # tiles on particle surfaces, as texture ROIs are chosen
+        fg = texture_foreground(image, pixel_size_um)
+        grid.sort(key=lambda yx: -fg[yx[0]:yx[0] + TILE_PX, yx[1]:yx[1] + TILE_PX].mean())
+    return np.stack([image[y:y + TILE_PX, x:x + TILE_PX] for y, x in grid[:n]]).astype(np.float32)
+
+
+def _render_job(args) -> list[dict]:
+    out_dir, split, cid, conditions, sample_seed, n_tiles = args
+    tiles, pixel_sizes, morphology = render_condition_tiles(conditions, sample_seed, n_tiles=n_tiles)
+    rows = []
+    for mag, stack in tiles.items():
+        for k, tile in enumerate(stack):
+            rel = Path(split) / f"c{cid:04d}" / f"{mag}_{k}.tif"
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            write_sem_tiff(out_dir / rel, tile, pixel_sizes[mag], bits=16,
+                           extra={"conditions": conditions, "magnification_name": mag})
+            rows.append({"path": str(rel), "split": split, "condition_id": cid, "magnification": mag,
+                         "tile_index": k, "pixel_size_um": pixel_sizes[mag], "sample_seed": sample_seed,
+                         **{f"cond_{n}": v for n, v in conditions.items()},
+                         **{f"true_{n}": v for n, v in morphology.items()}})
+    return rows
+
+
+def build_training_set(out_dir: str | Path, *, n_interior: int = 256, n_faces: int = 64, n_heldout: int = 32,
+                       seed: int = 0, n_tiles: int = TILES_PER_MAGNIFICATION, workers: int = 2,
+                       progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """Render the design into ``out_dir`` (tiles + ``tiles.parquet`` + ``design.json``); returns the table."""
+    out_dir = Path(out_dir)
+    if (out_dir / TABLE).exists():
+        raise FileExistsError(f"{out_dir / TABLE} exists: a training set is already there; choose another "
+                              "directory or delete it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    design = design_conditions(n_interior, n_faces, n_heldout, seed)
+    (out_dir / "design.json").write_text(json.dumps(design, indent=1))
+    jobs, cid = [], 0
+    for split in ("train", "heldout"):
+        for cond in design[split]:
+            jobs.append((out_dir, split, cid, cond, 10_000 * (seed + 1) + cid, n_tiles))
+            cid += 1
+    rows: list[dict] = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for result in pool.map(_render_job, jobs, chunksize=4):
+                rows.extend(result)
+                if progress:
+                    progress(1)
+    else:
+        for job in jobs:
+            rows.extend(_render_job(job))
+            if progress:
+                progress(1)
+    table = pd.DataFrame(rows)
+    table.to_parquet(out_dir / TABLE, index=False)
+    return table
+
+
+def load_training_set(data_dir: str | Path) -> pd.DataFrame:
+    """The tile table of a training set, with clear errors when it is not one."""
+    data_dir = Path(data_dir)
+    if not (data_dir / TABLE).is_file():
+        raise FileNotFoundError(f"{data_dir} holds no {TABLE}: build a training set with "
+                                f"`morphloop surrogate build-data --out {data_dir}`")
+    return pd.read_parquet(data_dir / TABLE)
+
+
+def conditions_of(table: pd.DataFrame) -> list[dict]:
+    """The condition dict of each row."""
+    names = [c[len("cond_"):] for c in table.columns if c.startswith("cond_")]
+    return [{n: (row[f"cond_{n}"] if isinstance(row[f"cond_{n}"], str) else float(row[f"cond_{n}"])) for n in names}
+            for _, row in table.iterrows()]

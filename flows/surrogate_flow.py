@@ -1,0 +1,125 @@
+"""Prefect flows of the surrogate: training from scratch (with checkpoints and resume) and fine-tuning.
+
+``surrogate-train``: load the tile table -> train the autoencoder -> train the denoiser -> calibrate the tile
+descriptors against the samples' true morphology -> save the model -> a markdown artifact with the figures.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import tifffile
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from flows.surrogate_data import condition_schema, conditions_of, load_training_set
+from models.surrogate.descriptors import describe_low_tiles, fit_affine, tile_textures
+from models.surrogate.model import LatentDiffusionSurrogate, SurrogateConfig
+from models.surrogate.training import TileSet, TrainingBudget, fine_tune, train_from_scratch
+
+SUMMARY_FILE = "training_summary.json"
+TRAINING_DESCRIPTORS_FILE = "training_descriptors.json"
+
+
+def load_tiles(data_dir: str | Path, table: pd.DataFrame) -> TileSet:
+    """Read the tiles listed in ``table`` (paths relative to ``data_dir``) into a :class:`TileSet`."""
+    data_dir = Path(data_dir)
+    tiles = np.stack([tifffile.imread(data_dir / p).astype(np.float32) for p in table["path"]])
+    if tiles.max() > 1.0:  # 16-bit files
+        tiles = tiles / 65535.0
+    return TileSet(tiles.astype(np.float32), conditions_of(table), table["magnification"].tolist())
+
+
+def describe_training_conditions(tiles: TileSet, table: pd.DataFrame, pixel_size_um: dict) -> pd.DataFrame:
+    """One row per condition: its conditions, the pooled (uncalibrated) descriptors of its simulated tiles
+    (``tile_*``) and the sample's true morphology (``true_*``). Kept with the model for the report's baselines."""
+    rows = []
+    for cid, group in table.groupby("condition_id"):
+        idx = group.index.to_numpy()
+        low = [i for i in idx if tiles.magnifications[i] == "low"]
+        high = [i for i in idx if tiles.magnifications[i] == "high"]
+        described = describe_low_tiles(tiles.tiles[low], pixel_size_um["low"])
+        rows.append({"condition_id": int(cid), **{c: group[c].iloc[0] for c in group.columns if c.startswith("cond_")},
+                     "tile_d50_um": described["d50_um"], "tile_sphericity_mean": described["sphericity_mean"],
+                     "tile_sphericity_std": described["sphericity_std"],
+                     "tile_texture": float(np.nanmean(tile_textures(tiles.tiles[high], pixel_size_um["high"]))),
+                     **{c: group[c].iloc[0] for c in group.columns if c.startswith("true_")}})
+    return pd.DataFrame(rows)
+
+
+def calibrate_descriptors(described: pd.DataFrame) -> dict:
+    """Affine maps from pooled tile descriptors to the samples' true D50 and texture (training split).
+
+    Tiles are small: particles cut by a 128-px tile's border are excluded (D50 reads low for large particles)
+    and a 128-px texture ROI reads a little higher than the 256-px ROIs of ``describe``. The same maps apply to
+    generated tiles, so predictions land on the scale a full-frame ``describe`` reports.
+    """
+    return {"d50_calibration": fit_affine(described["tile_d50_um"], described["true_d50_um"]),
+            "texture_calibration": fit_affine(described["tile_texture"], described["true_texture"])}
+
+
+@task(name="describe-training-conditions")
+def describe_training_task(tiles: TileSet, table: pd.DataFrame, pixel_size_um: dict) -> pd.DataFrame:
+    return describe_training_conditions(tiles, table, pixel_size_um)
+
+
+@flow(name="surrogate-train")
+def train_surrogate(data_dir: str, out_dir: str, minutes: float = 30.0, resume: bool = False, seed: int = 0,
+                    vae_fraction: float = 0.25, progress: Callable[[str, int, float], None] | None = None) -> dict:
+    """Train a surrogate from scratch on the training split of ``data_dir`` and save it in ``out_dir``.
+
+    Checkpoints go to ``out_dir/checkpoint`` every 100 steps; ``resume=True`` continues from there.
+    Returns the training summary (also written to ``out_dir/training_summary.json``).
+    """
+    t0 = time.monotonic()
+    table = load_training_set(data_dir)
+    train_rows = table[table["split"] == "train"].reset_index(drop=True)
+    if train_rows.empty:
+        raise ValueError(f"{data_dir}: the table has no 'train' rows; rebuild it with `morphloop surrogate build-data`")
+    tiles = load_tiles(data_dir, train_rows)
+    pixel_size_um = {mag: float(train_rows.loc[train_rows["magnification"] == mag, "pixel_size_um"].iloc[0])
+                     for mag in ("low", "high")}
+    config = SurrogateConfig(conditions=condition_schema(), tile_px=int(tiles.tiles.shape[-1]),
+                             pixel_size_um=pixel_size_um)
+    described = describe_training_task(tiles, train_rows, pixel_size_um)
+    config.__dict__.update(calibrate_descriptors(described))
+    budget = TrainingBudget(vae_minutes=minutes * vae_fraction, unet_minutes=minutes * (1 - vae_fraction))
+    out = Path(out_dir)
+    model, summary = train_from_scratch(config, tiles, budget, seed=seed, checkpoint_dir=out / "checkpoint",
+                                        resume=resume, progress=progress)
+    if resume:  # a resumed model carries its saved config; refresh the calibration from this data
+        model.config.__dict__.update(calibrate_descriptors(described))
+    model.save_pretrained(out)
+    described.to_json(out / TRAINING_DESCRIPTORS_FILE, orient="records", indent=1)
+    summary.update({"data_dir": str(data_dir), "n_tiles": int(len(tiles.tiles)),
+                    "n_conditions": int(train_rows["condition_id"].nunique()), "minutes_budget": minutes,
+                    "seed": seed, "wall_seconds": time.monotonic() - t0,
+                    "parameters": model.parameter_count(),
+                    "d50_calibration": model.config.d50_calibration,
+                    "texture_calibration": model.config.texture_calibration})
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    create_markdown_artifact(
+        key="surrogate-training",
+        markdown="\n".join(["| item | value |", "| --- | --- |"]
+                           + [f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, dict)]),
+        description=f"Surrogate trained on {data_dir}")
+    return summary
+
+
+@flow(name="surrogate-fine-tune")
+def fine_tune_surrogate(model_dir: str, new_tiles: TileSet, out_dir: str, replay_data_dir: str | None = None,
+                        minutes: float = 2.0, seed: int = 0) -> dict:
+    """Fine-tune a saved surrogate on new experiments' tiles (the closed loop's retraining) and save it."""
+    model = LatentDiffusionSurrogate.from_pretrained(model_dir)
+    replay = None
+    if replay_data_dir is not None:
+        table = load_training_set(replay_data_dir)
+        rows = table[table["split"] == "train"].sample(n=min(256, len(table)), random_state=seed).reset_index(drop=True)
+        replay = load_tiles(replay_data_dir, rows)
+    losses = fine_tune(model, new_tiles, replay=replay, minutes=minutes, seed=seed)
+    model.save_pretrained(out_dir)
+    return {"steps": len(losses), "final_loss": float(np.mean(losses[-20:])) if losses else float("nan")}

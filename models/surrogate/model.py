@@ -1,0 +1,274 @@
+"""The latent diffusion surrogate: synthesis conditions -> SEM tiles at two magnifications (diffusers parts).
+
+Parts, each saved by diffusers as ``config.json`` + ``diffusion_pytorch_model.safetensors`` in its own folder:
+
+* ``vae/``: an :class:`~diffusers.AutoencoderKL` compressing 1-channel SEM tiles 4× per side;
+* ``unet/``: a :class:`~diffusers.UNet2DModel` denoising latents, conditioned through ``class_labels`` (added to
+  its time embedding, ``class_embed_type="identity"``);
+* ``condition_encoder/``: the MLP :class:`ConditionEncoder` (conditions + magnification one-hot -> embedding);
+* ``scheduler/``: the training noise schedule; sampling uses DPM-Solver++ built from it;
+* ``surrogate.json``: :class:`SurrogateConfig` (tile geometry, pixel sizes, condition schema, latent scale,
+  the training design for the out-of-domain warning, descriptor calibration).
+
+Tiles are generated at native pixel size (texture only compares at the same pixel size): ``low`` tiles show
+whole secondary particles, ``high`` tiles show primary platelets on particle surfaces.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+
+from models.checkpointing import atomic_write
+from models.surrogate.conditioning import ConditionEncoder, ConditionSchema, warn_if_out_of_domain
+
+MAGNIFICATIONS = ("low", "high")
+CONFIG_FILE = "surrogate.json"
+
+
+class SurrogateModelError(ValueError):
+    """A model directory that cannot be loaded; the message says what is missing and how to re-create it."""
+
+
+@dataclass
+class SurrogateConfig:
+    """Everything about a surrogate that is not a weight.
+
+    Attributes
+    ----------
+    conditions : list of dict
+        :class:`ConditionSchema` config (the virtual lab's names, ranges and categories).
+    tile_px : int
+        Generated tiles are ``tile_px x tile_px``.
+    pixel_size_um : dict
+        Native pixel size per magnification (µm).
+    vae_channels, unet_channels : list of int
+        Widths of the autoencoder's and the denoiser's resolution levels.
+    latent_channels : int
+    latent_scale : float
+        Multiplies encoder latents so they have unit variance (measured after the autoencoder is trained).
+    embed_hidden : int
+        Hidden width of the condition MLP.
+    condition_dropout : float
+        Probability of training with the null condition (classifier-free guidance).
+    sampling_steps, guidance_scale : int, float
+        Defaults for :meth:`LatentDiffusionSurrogate.generate`.
+    training_design : list of list of float
+        Encoded training conditions (``n x d``), for the out-of-domain warning.
+    texture_calibration : list of float
+        ``[a, b]``: texture measured on 128-px tiles -> ``a + b * t`` on the scale of full-frame ``describe``.
+    d50_calibration : list of float
+        ``[a, b]``: pooled tile D50 (µm) -> full-frame D50 ``a + b * d``.
+    """
+
+    conditions: list[dict]
+    tile_px: int = 128
+    pixel_size_um: dict = field(default_factory=lambda: {"low": 0.2, "high": 0.01})
+    vae_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    latent_channels: int = 4
+    latent_scale: float = 1.0
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    embed_hidden: int = 128
+    condition_dropout: float = 0.1
+    sampling_steps: int = 10
+    guidance_scale: float = 1.5
+    training_design: list[list[float]] = field(default_factory=list)
+    texture_calibration: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    d50_calibration: list[float] = field(default_factory=lambda: [0.0, 1.0])
+
+    @property
+    def schema(self) -> ConditionSchema:
+        return ConditionSchema(self.conditions)
+
+    @property
+    def latent_px(self) -> int:
+        return self.tile_px // 2 ** (len(self.vae_channels) - 1)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SurrogateConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def build_autoencoder(config: SurrogateConfig) -> AutoencoderKL:
+    """A small KL autoencoder: 1-channel tiles -> ``latent_channels x latent_px x latent_px``."""
+    n = len(config.vae_channels)
+    return AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * n,
+                         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(config.vae_channels),
+                         latent_channels=config.latent_channels, layers_per_block=1,
+                         norm_num_groups=min(16, config.vae_channels[0]), sample_size=config.tile_px,
+                         mid_block_add_attention=False)
+
+
+def build_denoiser(config: SurrogateConfig) -> UNet2DModel:
+    """The latent denoiser; the condition embedding enters as ``class_labels`` (width = time-embedding width)."""
+    ch = tuple(config.unet_channels)
+    down = ("DownBlock2D",) * (len(ch) - 1) + ("AttnDownBlock2D",)
+    up = ("AttnUpBlock2D",) + ("UpBlock2D",) * (len(ch) - 1)
+    return UNet2DModel(sample_size=config.latent_px, in_channels=config.latent_channels,
+                       out_channels=config.latent_channels, block_out_channels=ch, layers_per_block=1,
+                       down_block_types=down, up_block_types=up, class_embed_type="identity",
+                       norm_num_groups=min(16, ch[0]), attention_head_dim=32)
+
+
+def build_condition_encoder(config: SurrogateConfig) -> ConditionEncoder:
+    return ConditionEncoder(config.schema.dim + len(MAGNIFICATIONS), config.unet_channels[0] * 4,
+                            hidden=config.embed_hidden, dropout_prob=config.condition_dropout)
+
+
+def build_noise_schedule() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+                         clip_sample=False)
+
+
+def magnification_onehot(magnification: str, n: int) -> np.ndarray:
+    if magnification not in MAGNIFICATIONS:
+        raise ValueError(f"magnification must be one of {', '.join(MAGNIFICATIONS)}, got {magnification!r}")
+    out = np.zeros((n, len(MAGNIFICATIONS)), np.float32)
+    out[:, MAGNIFICATIONS.index(magnification)] = 1.0
+    return out
+
+
+class LatentDiffusionSurrogate:
+    """Autoencoder + conditioned denoiser + condition encoder + noise schedule, with save/load and sampling."""
+
+    def __init__(self, config: SurrogateConfig, vae: AutoencoderKL | None = None, unet: UNet2DModel | None = None,
+                 encoder: ConditionEncoder | None = None, scheduler: DDPMScheduler | None = None):
+        self.config = config
+        self.schema = config.schema
+        self.vae = vae if vae is not None else build_autoencoder(config)
+        self.unet = unet if unet is not None else build_denoiser(config)
+        self.encoder = encoder if encoder is not None else build_condition_encoder(config)
+        self.scheduler = scheduler if scheduler is not None else build_noise_schedule()
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def condition_vectors(self, conditions: Sequence[Mapping[str, Any]], magnification: str) -> np.ndarray:
+        """``n x (d + 2)``: encoded conditions and the magnification one-hot."""
+        return np.concatenate([self.schema.encode(conditions), magnification_onehot(magnification, len(conditions))],
+                              axis=1)
+
+    def domain_distances(self, conditions: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Distance of each condition to the training design (warns when outside it)."""
+        design = np.asarray(self.config.training_design, np.float32) if self.config.training_design else None
+        spacing = None
+        if design is not None and len(design) > 1:
+            d = np.sqrt(((design[:, None] - design[None]) ** 2).sum(-1))
+            np.fill_diagonal(d, np.inf)
+            spacing = float(np.median(d.min(axis=1)))
+        return warn_if_out_of_domain(self.schema, conditions, design, spacing)
+
+    # ---------------------------------------------------------------------------------------- sampling
+    def sampler(self, steps: int) -> DPMSolverMultistepScheduler:
+        """DPM-Solver++ (2nd order) on the training noise schedule. Every setting is explicit: a scheduler loaded
+        from disk marks defaults differently from a fresh one, and ``from_config`` would then disagree."""
+        cfg = self.scheduler.config
+        sampler = DPMSolverMultistepScheduler(
+            num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+            prediction_type=cfg.prediction_type, algorithm_type="dpmsolver++", solver_order=2,
+            timestep_spacing="trailing", lower_order_final=True)
+        sampler.set_timesteps(steps)
+        return sampler
+
+    def initial_noise(self, n_per_condition: int, seed: int) -> torch.Tensor:
+        """``n_per_condition x C x h x w``: noise for image k comes from ``seed`` and k only, so every condition
+        sees the same noise (common random numbers: an optimiser's objective is smooth and deterministic)."""
+        c, s = self.config.latent_channels, self.config.latent_px
+        out = torch.empty(n_per_condition, c, s, s)
+        for k in range(n_per_condition):
+            g = torch.Generator().manual_seed(int(seed) * 100_003 + k)
+            out[k] = torch.randn(c, s, s, generator=g)
+        return out
+
+    @torch.no_grad()
+    def generate(self, conditions: Sequence[Mapping[str, Any]], magnification: str, n_per_condition: int = 4,
+                 seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
+                 batch_size: int = 64, progress=None) -> np.ndarray:
+        """Generate tiles.
+
+        Returns
+        -------
+        np.ndarray
+            ``n_conditions x n_per_condition x tile_px x tile_px`` float32 in [0, 1]. Identical for identical
+            arguments (deterministic solver, seeded noise).
+        """
+        if n_per_condition < 1:
+            raise ValueError(f"n_per_condition must be >= 1, got {n_per_condition}")
+        steps = int(steps or self.config.sampling_steps)
+        guidance = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
+        for module in (self.vae, self.unet, self.encoder):
+            module.eval()
+        cond = torch.from_numpy(self.condition_vectors(conditions, magnification))
+        noise = self.initial_noise(n_per_condition, seed)
+        n_cond, k = len(conditions), n_per_condition
+        flat_cond = cond.repeat_interleave(k, dim=0)
+        flat_noise = noise.repeat(n_cond, 1, 1, 1)
+        tiles = np.empty((n_cond * k, self.config.tile_px, self.config.tile_px), np.float32)
+        for start in range(0, n_cond * k, batch_size):
+            stop = min(start + batch_size, n_cond * k)
+            latents = self._denoise(flat_noise[start:stop].clone(), flat_cond[start:stop], steps, guidance)
+            decoded = self.vae.decode(latents / self.config.latent_scale).sample
+            tiles[start:stop] = ((decoded[:, 0].clamp(-1, 1) + 1) / 2).numpy()
+            if progress is not None:
+                progress(stop - start)
+        return tiles.reshape(n_cond, k, self.config.tile_px, self.config.tile_px)
+
+    def _denoise(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
+        sampler = self.sampler(steps)
+        emb = self.encoder(cond)
+        if guidance != 1.0:
+            emb = torch.cat([self.encoder.unconditional(len(cond)), emb])
+        for t in sampler.timesteps:
+            model_in = torch.cat([latents, latents]) if guidance != 1.0 else latents
+            eps = self.unet(model_in, t, class_labels=emb).sample
+            if guidance != 1.0:
+                uncond, conditioned = eps.chunk(2)
+                eps = uncond + guidance * (conditioned - uncond)
+            latents = sampler.step(eps, t, latents).prev_sample
+        return latents
+
+    # ------------------------------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``vae/``, ``unet/``, ``condition_encoder/``, ``scheduler/`` and ``surrogate.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.vae.save_pretrained(directory / "vae")
+        self.unet.save_pretrained(directory / "unet")
+        self.encoder.save_pretrained(directory / "condition_encoder")
+        self.scheduler.save_pretrained(directory / "scheduler")
+        atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(self.config.to_json(), indent=1)))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> LatentDiffusionSurrogate:
+        """Load a model written by :meth:`save_pretrained` (safetensors + config.json only)."""
+        directory = Path(directory)
+        fix = ("train one with `morphloop surrogate train --data DIR --out MODEL_DIR` or pass the shipped "
+               "model (weights/surrogate)")
+        if not (directory / CONFIG_FILE).is_file():
+            raise SurrogateModelError(f"{directory} is not a surrogate model: {CONFIG_FILE} is missing; {fix}")
+        try:
+            config = SurrogateConfig.from_json(json.loads((directory / CONFIG_FILE).read_text()))
+            quiet = {"low_cpu_mem_usage": False}  # no `accelerate` needed (and no warning about it)
+            vae = AutoencoderKL.from_pretrained(directory / "vae", **quiet)
+            unet = UNet2DModel.from_pretrained(directory / "unet", **quiet)
+            encoder = ConditionEncoder.from_pretrained(directory / "condition_encoder", **quiet)
+            scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise SurrogateModelError(f"cannot load the surrogate in {directory}: {exc}; {fix}") from exc
+        return cls(config, vae.eval(), unet.eval(), encoder.eval(), scheduler)
+
+    def parameter_count(self) -> dict[str, int]:
+        return {name: sum(p.numel() for p in m.parameters())
+                for name, m in (("vae", self.vae), ("unet", self.unet), ("condition_encoder", self.encoder))}
+
+
+#: The small model shipped with MorphoLoop (``morphloop surrogate train`` reproduces it; see README).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "weights" / "surrogate"

@@ -1,0 +1,172 @@
+"""The diffusion surrogate's parts on tiny configurations: encoding, sampling, persistence, training, metrics."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from models.surrogate.conditioning import ConditionInputError, ConditionSchema, OutOfDomainWarning
+from models.surrogate.descriptors import describe_high_tiles, describe_low_tiles, fit_affine
+from models.surrogate.fidelity import gp_predict, nearest_neighbour_rms, r2_score
+from models.surrogate.model import LatentDiffusionSurrogate, SurrogateConfig, SurrogateModelError
+from models.surrogate.training import TileSet, TrainingBudget, fine_tune, train_from_scratch
+
+SCHEMA = [{"name": "ph", "kind": "continuous", "low": 9.5, "high": 11.5},
+          {"name": "time_min", "kind": "continuous", "low": 30.0, "high": 1440.0, "log": True},
+          {"name": "atmosphere", "kind": "categorical", "choices": ["n2", "sealed", "air"]}]
+CONDS = [{"ph": 9.5 + 0.25 * i, "time_min": 30.0 * (1 + i), "atmosphere": ("n2", "sealed", "air")[i % 3]}
+         for i in range(8)]
+
+
+def tiny_config(**kw) -> SurrogateConfig:
+    return SurrogateConfig(conditions=SCHEMA, tile_px=32, vae_channels=[8, 16], unet_channels=[16, 32],
+                           embed_hidden=16, sampling_steps=3, **kw)
+
+
+def tiny_tiles(n: int = 16, seed: int = 0) -> TileSet:
+    """Discs whose radius grows with pH: a conditional structure a model can learn."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:32, :32]
+    tiles, conds, mags = [], [], []
+    for i in range(n):
+        c = CONDS[i % len(CONDS)]
+        r = 4 + 4 * (c["ph"] - 9.5)
+        tiles.append(((yy - 16) ** 2 + (xx - 16) ** 2 < r**2).astype(np.float32) * 0.8 + rng.normal(0, 0.02, (32, 32)))
+        conds.append(c)
+        mags.append("low" if i % 2 == 0 else "high")
+    return TileSet(np.clip(np.stack(tiles), 0, 1).astype(np.float32), conds, mags)
+
+
+def test_schema_encodes_ranges_to_unit_interval_and_one_hot():
+    schema = ConditionSchema(SCHEMA)
+    enc = schema.encode([{"ph": 9.5, "time_min": 1440.0, "atmosphere": "air"}, {"ph": 10.5, "time_min": 30.0,
+                                                                                 "atmosphere": "n2"}])
+    assert schema.dim == 5
+    np.testing.assert_allclose(enc[0], [-1, 1, 0, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(enc[1], [0, -1, 1, 0, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"ph": 10.0, "atmosphere": "n2"}, ["missing", "time_min"]),
+    ({"ph": 10.0, "time_min": 60.0, "atmosphere": "n2", "colour": 1}, ["unknown", "colour"]),
+    ({"ph": "high", "time_min": 60.0, "atmosphere": "n2"}, ["ph", "finite number"]),
+    ({"ph": 10.0, "time_min": 60.0, "atmosphere": "argon"}, ["atmosphere", "argon"]),
+])
+def test_schema_errors_name_the_field(bad, words):
+    with pytest.raises(ConditionInputError) as info:
+        ConditionSchema(SCHEMA).encode([bad])
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_out_of_domain_conditions_warn_with_the_distance():
+    model = LatentDiffusionSurrogate(tiny_config(training_design=ConditionSchema(SCHEMA).encode(CONDS).tolist()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.domain_distances([CONDS[1]])
+        assert not [w for w in caught if issubclass(w.category, OutOfDomainWarning)]
+        dist = model.domain_distances([{"ph": 13.0, "time_min": 60.0, "atmosphere": "n2"}])
+    messages = [str(w.message) for w in caught if issubclass(w.category, OutOfDomainWarning)]
+    assert messages and "ph" in messages[0] and "distance" in messages[0]
+    assert dist[0] > 0.5
+
+
+def test_generation_is_deterministic_per_seed_and_survives_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = LatentDiffusionSurrogate(tiny_config())
+    a = model.generate(CONDS[:3], "low", 2, seed=5)
+    assert a.shape == (3, 2, 32, 32) and a.min() >= 0 and a.max() <= 1
+    np.testing.assert_array_equal(a, model.generate(CONDS[:3], "low", 2, seed=5))
+    assert np.abs(a - model.generate(CONDS[:3], "low", 2, seed=6)).max() > 1e-3
+    # the same noise for every condition: image k differs between conditions only through the condition
+    assert np.abs(a[0, 0] - model.generate(CONDS[:1], "low", 1, seed=5)[0, 0]).max() < 1e-5
+    model.save_pretrained(tmp_path / "m")
+    loaded = LatentDiffusionSurrogate.from_pretrained(tmp_path / "m")
+    np.testing.assert_array_equal(a, loaded.generate(CONDS[:3], "low", 2, seed=5))
+    assert not list((tmp_path / "m").rglob("*.bin")) and not list((tmp_path / "m").rglob("*.pt"))
+
+
+def test_loading_a_folder_that_is_not_a_model_says_how_to_make_one(tmp_path):
+    with pytest.raises(SurrogateModelError, match="surrogate train"):
+        LatentDiffusionSurrogate.from_pretrained(tmp_path)
+
+
+def test_training_lowers_the_losses_and_resume_continues_from_the_checkpoint(tmp_path):
+    data = tiny_tiles(32)
+    budget = TrainingBudget(vae_minutes=5, unet_minutes=5, vae_steps=40, unet_steps=4, batch_size=8,
+                            checkpoint_every=2, vae_lr=3e-3)
+    model, summary = train_from_scratch(tiny_config(), data, budget, checkpoint_dir=tmp_path / "ckpt")
+    assert summary["autoencoder"]["steps"] == 40 and summary["denoiser"]["steps"] == 4
+    assert model.config.latent_scale > 0
+    state = (tmp_path / "ckpt" / "training_state.json").read_text()
+    assert '"unet-done"' in state
+    # resuming a finished run trains nothing more
+    again, summary2 = train_from_scratch(tiny_config(), data, budget, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert "denoiser" not in summary2 and "autoencoder" not in summary2
+    # the autoencoder learned: reconstructions beat a constant image
+    with torch.no_grad():
+        x = torch.from_numpy(data.tiles[:8] * 2 - 1)[:, None]
+        recon = model.vae.decode(model.vae.encode(x).latent_dist.mean).sample
+    assert float((recon - x).abs().mean()) < float((x - x.mean()).abs().mean())
+
+
+def test_resume_of_an_interrupted_denoiser_phase_keeps_its_step_count(tmp_path):
+    data = tiny_tiles(16)
+    first = TrainingBudget(vae_steps=2, unet_steps=3, batch_size=4, checkpoint_every=2)
+    train_from_scratch(tiny_config(), data, first, checkpoint_dir=tmp_path / "ckpt")
+    # simulate a kill after the step-2 checkpoint of the denoiser: rewrite the phase as unfinished
+    import json
+    path = tmp_path / "ckpt" / "training_state.json"
+    state = json.loads(path.read_text())
+    state.update(phase="unet", step=2, losses=state["losses"][:2])
+    path.write_text(json.dumps(state))
+    _, summary = train_from_scratch(tiny_config(), data, TrainingBudget(vae_steps=2, unet_steps=5, batch_size=4,
+                                                                        checkpoint_every=2),
+                                    checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert "autoencoder" not in summary          # the finished autoencoder is not retrained
+    assert summary["denoiser"]["steps"] == 5     # 2 restored + 3 new
+
+
+def test_fine_tune_moves_the_denoiser_and_keeps_the_autoencoder():
+    data = tiny_tiles(16)
+    model, _ = train_from_scratch(tiny_config(), data, TrainingBudget(vae_steps=2, unet_steps=2, batch_size=4))
+    vae_before = {k: v.clone() for k, v in model.vae.state_dict().items()}
+    unet_before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    losses = fine_tune(model, tiny_tiles(4, seed=1), replay=data, max_steps=3, minutes=5)
+    assert len(losses) == 3
+    assert all(torch.equal(vae_before[k], v) for k, v in model.vae.state_dict().items())
+    assert any(not torch.equal(unet_before[k], v) for k, v in model.unet.state_dict().items())
+
+
+def test_tile_descriptors_follow_the_virtual_lab():
+    from flows.surrogate_data import render_condition_tiles
+    from simulators.conditions import DEFAULT_CONDITIONS
+
+    small = {**DEFAULT_CONDITIONS, "ph": 11.3, "time_min": 60.0}
+    large = {**DEFAULT_CONDITIONS, "ph": 9.7, "time_min": 1400.0}
+    d50 = {}
+    for name, cond in (("small", small), ("large", large)):
+        tiles, px, truth = render_condition_tiles(cond, sample_seed=3)
+        low = describe_low_tiles(tiles["low"], px["low"])
+        d50[name] = (low["d50_um"], truth["d50_um"])
+        assert low["n_particles"] >= 5
+        assert 0.5 < low["sphericity_mean"] <= 1.0
+        tex = describe_high_tiles(tiles["high"], px["high"])["texture"]
+        assert abs(tex - truth["texture"]) < 0.25
+    assert d50["large"][1] > d50["small"][1]
+    assert d50["large"][0] > d50["small"][0]
+
+
+def test_metrics():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    assert r2_score(y, y) == pytest.approx(1.0)
+    assert r2_score(y, np.full(4, y.mean())) == pytest.approx(0.0)
+    assert fit_affine(np.array([1.0, 2.0, 3.0]), np.array([3.0, 5.0, 7.0])) == pytest.approx([1.0, 2.0])
+    tiles = np.random.default_rng(0).random((5, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(nearest_neighbour_rms(tiles, tiles), 0.0, atol=1e-3)
+    assert nearest_neighbour_rms(tiles + 0.5, tiles).min() > 0.4
+    x = np.linspace(0, 1, 12)[:, None]
+    pred = gp_predict(x, np.column_stack([2 * x[:, 0] + 1]), np.array([[0.5]]))
+    assert pred[0, 0] == pytest.approx(2.0, abs=0.1)
