@@ -2,6 +2,7 @@
 references, potentiostat model, faults, EPICS definitions."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 from ophyd.utils.errors import LimitError
 
-from devices.beamline import (DATA_PATH, FRAME_DATASETS, RESOURCE_SPEC, AreaDetector, BeamMonitor, HDF5FrameHandler,
-                              Potentiostat, RotationStage, SampleStage, Shutter, TomoStation)
+from devices import beamline_sim
+from devices.beamline import (DATA_PATH, FRAME_DATASETS, RESOURCE_SPEC, AcquisitionAborted, AreaDetector, BeamMonitor,
+                              HDF5FrameHandler, Potentiostat, RotationStage, SampleStage, Shutter, TomoStation)
 from devices.beamline_sim import BeamlineFaults, SimulatedBeamline, open_circuit_voltage
 from simulators.tomography import QUALITIES, BeamLoss, DetectorFault, ElectrodeCell
 
@@ -70,15 +72,27 @@ def test_rotation_move_takes_compressed_time_and_stop_leaves_it_on_the_way(tmp_p
     st.rotation.velocity.set(10.0).wait(1)
     t0 = time.perf_counter()
     status = st.rotation.set(180.0)  # 18 lab s -> 0.18 s wall
-    assert not status.done
-    status.wait(3)
-    assert 0.8 * 0.18 <= time.perf_counter() - t0 < 1.5
+    status.wait(30)
+    elapsed = time.perf_counter() - t0
+    # compressed, not skipped: at least the 0.18 s of compressed time; the upper bound only separates compressed
+    # from uncompressed lab time (18 s), so a loaded machine cannot trip it
+    assert 0.8 * 0.18 <= elapsed < 0.5 * 18.0
+    assert status.success and st.rotation.position == 180.0 and beamline.rotation_deg == 180.0
+
+    # back at 0.1 deg/s: 1800 lab s = 18 s wall, so the move is certainly under way when it is stopped
+    st.rotation.velocity.set(0.1).wait(1)
+    lab_before = beamline.now()
     status = st.rotation.set(0.0)
-    time.sleep(0.05)
+    assert not status.done and st.rotation.done.get() == 0  # set() returns while the axis moves
+    time.sleep(0.05)  # let it go some way (any time short of 18 s leaves it on the way)
     st.rotation.stop()
-    with pytest.raises(Exception):
-        status.wait(1)
-    assert 0.0 < st.rotation.position < 180.0 and beamline.rotation_deg == st.rotation.position
+    with pytest.raises(AcquisitionAborted, match="stopped"):
+        status.wait(10)
+    lab_after = beamline.now()
+    travelled = 180.0 - st.rotation.position
+    # strictly between start and target, and no farther than the velocity allows in the lab time it had
+    assert 0.0 < travelled < 180.0 and travelled <= 0.1 * (lab_after - lab_before) + 1e-9
+    assert beamline.rotation_deg == st.rotation.position and st.rotation.done.get() == 1
 
 
 def test_sample_stage_named_positions_move_the_sample_out_of_the_beam(station):
@@ -271,20 +285,35 @@ def test_beam_loss_drops_and_restores_the_beam_and_fails_an_unattended_frame(sta
     assert changes == [1, 0] and st.beam.current_ma.get() > 0 and not beamline.beam_lost
 
 
-def test_pause_during_a_beam_loss_gives_the_frame_up_without_a_reading(station):
+def test_pause_during_a_beam_loss_gives_the_frame_up_without_a_reading(station, monkeypatch):
     beamline, st, _ = station
+    # Wall-clock windows of the simulator, widened so that a loaded machine cannot race them: an unattended frame
+    # fails BEAM_LOSS_GRACE_S after the loss (here: long after the pause below), and the outage lasts
+    # MIN_OUTAGE_WALL_S (here: long enough that the pause certainly comes while the beam is down).
+    monkeypatch.setattr(beamline_sim, "BEAM_LOSS_GRACE_S", 60.0)
+    monkeypatch.setattr(beamline_sim, "MIN_OUTAGE_WALL_S", 1.0)
+    timeline: list[tuple[str, int]] = []
+    lost, back = threading.Event(), threading.Event()
+
+    def on_beam(value, **_):
+        timeline.append(("beam_lost", value))
+        (lost if value else back).set()
+
+    st.beam.lost.subscribe(on_beam, run=False)
     beamline.faults.arm("beam_loss")
     st.shutter.set("open").wait(2)
     st.detector.stage()
     try:
         status = st.detector.trigger()
-        time.sleep(0.05)
-        assert st.beam.lost.get() == 1 and not status.done
+        assert lost.wait(10), "the armed beam loss never happened"
+        assert not status.done  # the frame waits for a suspender to take it over
+        timeline.append(("pause", int(beamline.beam_lost)))
         st.detector.pause()  # what a RunEngine does when a suspender trips
-        status.wait(1)
+        status.wait(10)
         assert status.success and list(st.detector.collect_asset_docs()) == [("resource", st.detector._resource)]
         st.detector.resume()
-        time.sleep(0.3)  # the beam comes back by itself
+        assert back.wait(10), "the beam did not come back by itself"
+        assert timeline == [("beam_lost", 1), ("pause", 1), ("beam_lost", 0)]  # paused while the beam was down
         assert st.beam.lost.get() == 0
         acquire(st)
         path = st.detector.file_path.get()

@@ -159,7 +159,15 @@ def test_pause_during_a_batch_discards_it_and_resume_makes_it_once(tmp_path, run
     RE, docs = run_engine
     lab = SimulatedLab(tmp_path, time_compression=1e4)  # 360 min -> 2.2 s: time to pause mid-batch
     reactor = Reactor(lab=lab)
-    threading.Timer(0.3, RE.request_pause).start()
+    # pause once the batch is under way (its first pH tick), not at a fixed wall time a loaded machine may miss
+    ticking = threading.Event()
+    reactor.ph_readback.subscribe(lambda **_: ticking.set(), run=False)
+
+    def pause_mid_batch():
+        if ticking.wait(30):
+            RE.request_pause()
+
+    threading.Thread(target=pause_mid_batch, daemon=True).start()
     with pytest.raises(RunEngineInterrupted):
         RE(synthesize(reactor, {"time_min": 360.0}))
     assert RE.state == "paused" and lab.samples == {} and reactor.state.get() == "idle"
