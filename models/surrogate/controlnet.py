@@ -43,10 +43,11 @@ from models.surrogate.model import SurrogateModelError
 CONFIG_FILE = "controlnet_surrogate.json"
 #: Subfolder of a Stable Diffusion checkpoint -> the config file diffusers writes into it.
 BASE_PARTS = {"unet": "config.json", "vae": "config.json", "scheduler": "scheduler_config.json"}
-_LOCAL = {"low_cpu_mem_usage": False, "local_files_only": True}  # no `accelerate`, no network
+#: no `accelerate`, no network, no pickles
+_LOCAL = {"low_cpu_mem_usage": False, "local_files_only": True, "use_safetensors": True}
 _SD_FIX = ("pass a local Stable Diffusion checkpoint in the diffusers folder layout (unet/, vae/ and scheduler/, "
-           "each with its config file; e.g. written by `StableDiffusionPipeline.save_pretrained(DIR)` or "
-           "`huggingface-cli download REPO --local-dir DIR`)")
+           "each with its config file, weights as .safetensors; e.g. written by "
+           "`StableDiffusionPipeline.save_pretrained(DIR)` or `huggingface-cli download REPO --local-dir DIR`)")
 
 
 @dataclass
@@ -163,7 +164,8 @@ def noise_schedule(scheduler_config: Mapping[str, Any]) -> DDPMScheduler:
 
 
 def load_stable_diffusion_base(sd_dir: str | Path) -> tuple[UNet2DConditionModel, AutoencoderKL, DDPMScheduler]:
-    """Load ``unet/``, ``vae/`` and the noise schedule of ``scheduler/`` from a local diffusers checkpoint.
+    """Load ``unet/``, ``vae/`` and the noise schedule of ``scheduler/`` from a local diffusers checkpoint
+    (safetensors weights only: pickled ``.bin`` weights are refused).
 
     Raises
     ------
@@ -409,7 +411,8 @@ class ControlNetSurrogate:
         device = self.device
         images, cond = images.to(device, torch.float32), cond_vectors.to(device, torch.float32)
         n = len(images)
-        self.controlnet.train(), self.tokens.train(), self.control_map.train()
+        for module in (self.controlnet, self.tokens, self.control_map):
+            module.train()
         with torch.no_grad():
             latents = self.encode(images, generator)
         noise = torch.randn(latents.shape, generator=generator).to(device)

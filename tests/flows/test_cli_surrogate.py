@@ -1,0 +1,137 @@
+"""``morphloop surrogate build-data | train | generate | report`` end to end (the shipped model for generate and
+report; a tiny freshly rendered training set for build-data and train)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from flows.cli import app
+from models.surrogate.model import DEFAULT_MODEL_DIR, LatentDiffusionSurrogate
+from simulators.conditions import DEFAULT_CONDITIONS
+
+try:
+    RUNNER = CliRunner(mix_stderr=False)
+except TypeError:  # click >= 8.2 always keeps stderr apart
+    RUNNER = CliRunner()
+
+
+def invoke(*args):
+    result = RUNNER.invoke(app, list(map(str, args)))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sdata") / "set"
+    result = invoke("surrogate", "build-data", "--out", folder, "--interior", 2, "--faces", 1, "--heldout", 1,
+                    "--workers", 1)
+    assert result.exit_code == 0, result.stderr
+    return folder
+
+
+def test_build_data_writes_tiles_and_a_table_and_refuses_to_overwrite(tiny_data):
+    import pandas as pd
+
+    table = pd.read_parquet(tiny_data / "tiles.parquet")
+    assert len(table) == 4 * 8  # 4 conditions x (4 low + 4 high) tiles
+    assert set(table["split"]) == {"train", "heldout"}
+    assert set(table["magnification"]) == {"low", "high"}
+    tile = tifffile.imread(tiny_data / table["path"].iloc[0])
+    assert tile.shape == (128, 128)
+    result = invoke("surrogate", "build-data", "--out", tiny_data, "--interior", 2, "--faces", 1, "--heldout", 1)
+    assert result.exit_code == 2 and "already there" in result.stderr
+
+
+def test_train_writes_a_loadable_model_with_its_training_descriptors(tiny_data, tmp_path, prefect_harness):
+    result = invoke("surrogate", "train", "--data", tiny_data, "--out", tmp_path / "m", "--minutes", 0.02)
+    assert result.exit_code == 0, result.stderr
+    for part in ("vae", "unet", "condition_encoder"):
+        assert (tmp_path / "m" / part / "config.json").is_file()
+        assert (tmp_path / "m" / part / "diffusion_pytorch_model.safetensors").is_file()
+    rows = json.loads((tmp_path / "m" / "training_descriptors.json").read_text())
+    assert len(rows) == 3 and all("tile_d50_um" in r and "true_texture" in r for r in rows)
+    model = LatentDiffusionSurrogate.from_pretrained(tmp_path / "m")
+    assert len(model.config.training_design) == 3
+
+
+def test_train_without_a_training_set_is_a_clear_error(tmp_path, prefect_harness):
+    result = invoke("surrogate", "train", "--data", tmp_path, "--out", tmp_path / "m", "--minutes", 0.02)
+    assert result.exit_code == 2 and "build-data" in result.stderr
+
+
+def _generate(tmp_path, conditions, seed=0, n=2):
+    result = invoke("surrogate", "generate", "--conditions", json.dumps(conditions), "--n", n, "--out", tmp_path,
+                    "--seed", seed, "--json")
+    assert result.exit_code == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()], result
+
+
+def test_generate_json_contract_and_seeds(tmp_path):
+    unseen = [{**DEFAULT_CONDITIONS, "ph": 10.93, "time_min": 777.0, "temperature_c": 41.0},
+              {**DEFAULT_CONDITIONS, "ph": 9.91, "naoh_wt_pct": 2.2, "atmosphere": "air"}]
+    records, _ = _generate(tmp_path / "a", unseen)
+    assert len(records) == 2
+    for rec, cond in zip(records, unseen):
+        assert rec["conditions"] == cond
+        assert set(rec["images"]) == {"low", "high"} and all(len(v) == 2 for v in rec["images"].values())
+        assert rec["pixel_size_um"] == {"low": pytest.approx(0.2), "high": pytest.approx(0.01)}
+        assert set(rec["descriptors"]) == {"d50_um", "sphericity_mean", "sphericity_std", "texture"}
+        tile = tifffile.imread(rec["images"]["low"][0])
+        assert tile.shape == (128, 128)
+    again, _ = _generate(tmp_path / "b", unseen)
+    assert [r["descriptors"] for r in again] == [r["descriptors"] for r in records]
+    np.testing.assert_array_equal(tifffile.imread(again[0]["images"]["high"][1]),
+                                  tifffile.imread(records[0]["images"]["high"][1]))
+    other, _ = _generate(tmp_path / "c", unseen, seed=1)
+    assert not np.array_equal(tifffile.imread(other[0]["images"]["low"][0]),
+                              tifffile.imread(records[0]["images"]["low"][0]))
+
+
+@pytest.mark.parametrize("conditions, words", [
+    ('{"ph": 10.5}', ["missing", "naoh_wt_pct"]),
+    ('{"ph": 10.5,', ["not valid JSON"]),
+    ("no/such/file.json", ["neither JSON nor an existing file"]),
+])
+def test_generate_bad_conditions_exit_2_with_the_reason(tmp_path, conditions, words):
+    result = invoke("surrogate", "generate", "--conditions", conditions, "--out", tmp_path, "--json")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    for word in words:
+        assert word in result.stderr
+
+
+def test_generate_warns_outside_the_trained_domain(tmp_path):
+    records, result = _generate(tmp_path, [{**DEFAULT_CONDITIONS, "ph": 12.5}], n=1)
+    assert "outside the trained range of ph" in result.stderr
+    assert records[0]["domain_distance"] > 0
+
+
+def test_generate_reads_a_jsonl_file(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(DEFAULT_CONDITIONS) + "\n" + json.dumps({**DEFAULT_CONDITIONS, "ph": 11.0}) + "\n")
+    result = invoke("surrogate", "generate", "--conditions", path, "--n", 1, "--out", tmp_path / "o", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+def test_report_json_has_the_figures_and_baselines(tmp_path):
+    result = invoke("surrogate", "report", "--out", tmp_path, "--heldout", 3, "--unseen", 2, "--n", 2, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["r2"]) == {"surrogate", "nearest training condition", "GP conditions->descriptors"}
+    assert set(report["r2"]["surrogate"]) == {"d50_um", "sphericity_mean", "sphericity_std", "texture"}
+    assert report["n_conditions"] == 5
+    assert report["distribution"]["diameter_wasserstein_um"] >= 0
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+    assert (tmp_path / "report.md").read_text().startswith("# Surrogate fidelity")
+
+
+def test_shipped_model_is_small_and_pickle_free():
+    files = [p for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
