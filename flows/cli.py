@@ -284,3 +284,8 @@ app.add_typer(indi_app, name="indi")
 from flows.cli_surrogate import surrogate_app  # noqa: E402
 
 app.add_typer(surrogate_app, name="surrogate")
+
+from flows.cli_campaign import campaign_app, dry_run  # noqa: E402
+
+app.command("dry-run")(dry_run)
+app.add_typer(campaign_app, name="campaign")

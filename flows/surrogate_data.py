@@ -34,6 +34,7 @@ TILE_PX = 128
 LOW_FRAME = (256, 3000.0)     # frame width (px), magnification -> 0.2 µm/px
 HIGH_FRAME = (512, 30000.0)   # -> 0.01 µm/px
 TILES_PER_MAGNIFICATION = 4
+LOW_FRAME_PIXEL_UM, HIGH_FRAME_PIXEL_UM = 0.2, 0.01  # what LOW_FRAME and HIGH_FRAME give
 TABLE = "tiles.parquet"
 CONTINUOUS = [c for c in CONDITIONS.values() if not isinstance(c, CategoricalCondition)]
 ATMOSPHERES = CONDITIONS["atmosphere"].choices
@@ -157,3 +158,31 @@ def conditions_of(table: pd.DataFrame) -> list[dict]:
     names = [c[len("cond_"):] for c in table.columns if c.startswith("cond_")]
     return [{n: (row[f"cond_{n}"] if isinstance(row[f"cond_{n}"], str) else float(row[f"cond_{n}"])) for n in names}
             for _, row in table.iterrows()]
+
+
+def tiles_from_frames(experiments: list[tuple[dict, list[str]]], n_tiles: int = TILES_PER_MAGNIFICATION):
+    """Surrogate tiles from measured SEM frames (the closed loop's fine-tuning data).
+
+    ``experiments``: ``(conditions, [low_frame_path, high_frame_path])`` per experiment. Low frames are
+    block-averaged to the surrogate's 0.2 µm/px and cut into tiles; high frames (0.01 µm/px) give the tiles most
+    covered by particle surface. Returns a :class:`models.surrogate.training.TileSet`.
+    """
+    from models.imageio import read_image
+    from models.infobar import detect_info_bar
+    from models.surrogate.training import TileSet
+
+    tiles, conditions, mags = [], [], []
+    target_px = {"low": LOW_FRAME_PIXEL_UM, "high": HIGH_FRAME_PIXEL_UM}
+    for conds, paths in experiments:
+        for mag, path in zip(("low", "high"), paths):
+            image = read_image(path)
+            pixels = image.pixels[detect_info_bar(image.pixels).analysis_rows(image.pixels.shape[0])]
+            factor = int(round(target_px[mag] / image.pixel_size_um))
+            if factor > 1:
+                h, w = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
+                pixels = pixels[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+            for tile in _pick_tiles(pixels.astype(np.float32), target_px[mag], mag, n_tiles):
+                tiles.append(tile)
+                conditions.append(dict(conds))
+                mags.append(mag)
+    return TileSet(np.stack(tiles).astype(np.float32), conditions, mags)

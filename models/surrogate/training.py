@@ -62,6 +62,7 @@ class TrainingBudget:
     unet_steps: int | None = None
     batch_size: int = 16
     vae_lr: float = 1e-3
+    vae_crop_px: int | None = 64
     unet_lr: float = 5e-4
     checkpoint_every: int = 100
 
@@ -71,6 +72,17 @@ def _augment(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     k = int(rng.integers(4))
     batch = torch.rot90(batch, k, dims=(-2, -1))
     return torch.flip(batch, dims=(-1,)) if rng.integers(2) else batch
+
+
+def _random_crops(tiles: torch.Tensor, n: int, crop: int | None, rng: np.random.Generator) -> torch.Tensor:
+    """``n x 1 x crop x crop`` random crops of random tiles. The autoencoder is fully convolutional (no
+    attention), so it learns from crops at a quarter of the cost of whole 128-px tiles."""
+    idx = rng.integers(len(tiles), size=n)
+    side = tiles.shape[-1]
+    if crop is None or crop >= side:
+        return tiles[idx, None]
+    ys, xs = rng.integers(0, side - crop + 1, size=n), rng.integers(0, side - crop + 1, size=n)
+    return torch.stack([tiles[i, y:y + crop, x:x + crop] for i, y, x in zip(idx, ys, xs)])[:, None]
 
 
 def spectral_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -130,8 +142,7 @@ def train_autoencoder(model: LatentDiffusionSurrogate, data: TileSet, budget: Tr
     while not clock.done(step):
         for group in optimizer.param_groups:
             group["lr"] = _lr(budget.vae_lr, clock.progress(step))
-        idx = rng.integers(len(tiles), size=budget.batch_size)
-        x = _augment(tiles[idx, None], rng)
+        x = _augment(_random_crops(tiles, budget.batch_size, budget.vae_crop_px, rng), rng)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = (recon - x).abs().mean() + 0.5 * spectral_l1(recon, x) + 1e-6 * posterior.kl().mean()

@@ -1,0 +1,95 @@
+"""Screening speed of the surrogate (generate + describe), a benchmark, not a test.
+
+    .venv/bin/python benchmarks/bench_surrogate.py [--model DIR] [--conditions 32] [--n 4] [--steps 10 6]
+                                                   [--threads 2] [--json]
+
+For each solver step count: conditions per second for batched screening (all conditions' tiles in batches of 64)
+and, as the baseline measured in the same run, one condition at a time (batch = one condition's tiles); the split
+between generation and description; peak resident memory. Also prints the shipped model's training time from its
+``training_summary.json``. Goal (issue 4): >= 10 conditions/s on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.surrogate.model import DEFAULT_MODEL_DIR  # noqa: E402
+from models.surrogate.predictor import SurrogatePredictor  # noqa: E402
+
+
+def random_conditions(predictor: SurrogatePredictor, n: int, seed: int = 5) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        cond = {}
+        for spec in predictor.surrogate.schema.specs:
+            cond[spec.name] = (str(rng.choice(spec.choices)) if spec.kind == "categorical"
+                               else float(rng.uniform(spec.low, spec.high)))
+        out.append(cond)
+    return out
+
+
+def screen(predictor: SurrogatePredictor, conditions: list[dict], n: int, per_condition: bool) -> dict:
+    t0 = time.perf_counter()
+    if per_condition:
+        tiles = [predictor.generate([c], n, seed=0) for c in conditions]
+        tiles = {m: np.concatenate([t[m] for t in tiles]) for m in ("low", "high")}
+    else:
+        tiles = predictor.generate(conditions, n, seed=0)
+    t1 = time.perf_counter()
+    predictor.describe(conditions, tiles)
+    t2 = time.perf_counter()
+    return {"conditions_per_s": len(conditions) / (t2 - t0), "generate_s": t1 - t0, "describe_s": t2 - t1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--conditions", type=int, default=32)
+    parser.add_argument("--n", type=int, default=4, help="tiles per condition and magnification")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 6])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for steps in args.steps:
+        predictor = SurrogatePredictor.from_pretrained(args.model, steps=steps)
+        conditions = random_conditions(predictor, args.conditions)
+        batched = screen(predictor, conditions, args.n, per_condition=False)
+        single = screen(predictor, conditions[: max(4, args.conditions // 4)], args.n, per_condition=True)
+        rows.append({"steps": steps, "batched": batched, "one_at_a_time": single,
+                     "speedup": batched["conditions_per_s"] / single["conditions_per_s"]})
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary_path = args.model / "training_summary.json"
+    training = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    result = {"model": str(args.model), "tiles_per_condition_per_magnification": args.n, "threads": args.threads,
+              "rows": rows, "peak_rss_mib": peak_mib,
+              "training_wall_seconds": training.get("wall_seconds"), "training_minutes_budget":
+                  training.get("minutes_budget")}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"model {args.model}; {args.n} tiles per condition per magnification; {args.threads} threads")
+    print(f"{'steps':>5} {'batched cond/s':>15} {'one-at-a-time':>14} {'speedup':>8} {'gen s':>7} {'describe s':>10}")
+    for r in rows:
+        b = r["batched"]
+        print(f"{r['steps']:>5} {b['conditions_per_s']:>15.2f} {r['one_at_a_time']['conditions_per_s']:>14.2f} "
+              f"{r['speedup']:>8.2f} {b['generate_s']:>7.1f} {b['describe_s']:>10.1f}")
+    print(f"peak RSS {peak_mib:.0f} MiB; goal 10 conditions/s")
+    if training:
+        print(f"training: {training.get('wall_seconds', float('nan')):.0f} s wall for a "
+              f"{training.get('minutes_budget')} min budget")
+
+
+if __name__ == "__main__":
+    main()

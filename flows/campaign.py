@@ -1,0 +1,313 @@
+"""The closed loop as a Prefect flow: propose -> dispatch -> ingest -> describe -> record -> retrain -> repeat.
+
+One round, as data (each arrow is a ledger transaction, so a kill anywhere loses nothing):
+
+1. **propose** (task ``propose-batch``): round 0 takes the best distinct candidates of a particle swarm over the
+   surrogate (paper 000, SI §1.2.4); later rounds let BoTorch choose among those candidates with a GP fitted to
+   the *measured* descriptors (residuals over the surrogate's prediction, composite eq.-3 objective inside
+   qLogNEI). The batch is written to the ledger before anything moves.
+2. **dispatch + ingest** (task ``run-experiment``, tag ``reactor`` with a concurrency limit of 1): a new sample
+   id per attempt is written to the ledger (``dispatched``), the ``synthesize_and_image`` plan runs on the
+   RunEngine, the images are described with ``describe``'s pipeline and the result is written (``completed``).
+   A device fault writes ``failed`` with its reason; Prefect retries the task, each retry a new attempt with a
+   new sample id, at most ``max_attempts`` in all.
+3. **retrain** (subflow ``surrogate-fine-tune``) every ``retrain_every_rounds`` rounds on the measured images.
+4. Stop when a measured sample meets the target within tolerance, or the experiment or time budget is spent.
+
+Resume (``morphloop campaign resume DIR``): the ledger's :meth:`~loop.ledger.Ledger.recover` requeues (or
+abandons) experiments left in flight, pending ones are dispatched before anything new is proposed, the swarm's
+candidates come back from ``pso_candidates.json`` and the surrogate from the last finished retrain.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE as NO_CACHE
+
+from flows.dispatch import DispatchError, InProcessDispatcher
+from flows.simulate import DocumentLog
+from loop.campaign_config import CampaignConfig
+from loop.ledger import Ledger, sample_id_for
+from loop.objective import Objective, Target, target_from_description
+from loop.predictor import CachedPredictor
+from loop.proposer import propose_batch
+from loop.pso import run_pso
+from models.describe import Describer
+from models.surrogate.model import DEFAULT_MODEL_DIR
+from models.surrogate.predictor import SurrogatePredictor
+
+DESCRIPTORS = ("d50_um", "sphericity_mean", "sphericity_std", "texture")
+PSO_FILE = "pso_candidates.json"
+DOCUMENTS_FILE = "documents.jsonl"
+SUMMARY_FILE = "campaign_summary.json"
+
+
+@dataclass
+class Campaign:
+    """Everything a running campaign holds (rebuilt from disk on resume)."""
+
+    config: CampaignConfig
+    data_dir: Path
+    ledger: Ledger
+    objective: Objective
+    predictor: CachedPredictor
+    dispatcher: Any
+    describer: Describer = field(default_factory=Describer)
+    n_images: int = 2
+    started: float = field(default_factory=time.monotonic)
+    progress: Callable[[str, dict], None] | None = None
+
+    @property
+    def space(self):
+        return self.config.space()
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+def resolve_target(config: CampaignConfig, describer: Describer) -> Target:
+    """The numeric target, or the descriptors ``describe`` measures on the reference image."""
+    target = config.objective_target()
+    if target is not None:
+        return target
+    reference = describer.describe(config.target.reference_image, config.target.pixel_size_um).record()
+    return target_from_description(reference, tolerance=config.tolerance)
+
+
+def load_predictor(model_dir: str | Path | None, steps: int | None = None) -> CachedPredictor:
+    return CachedPredictor(SurrogatePredictor.from_pretrained(model_dir or DEFAULT_MODEL_DIR, steps=steps))
+
+
+def open_campaign(config: CampaignConfig, *, dispatcher=None, surrogate_steps: int | None = None,
+                  n_images: int = 2, progress=None) -> Campaign:
+    """Open (or create) the campaign in ``config.data_dir``: ledger, devices, surrogate, objective."""
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(data_dir)
+    ledger.start_campaign(config.snapshot(), campaign_id=config.name or "campaign")
+    describer = Describer()
+    target = resolve_target(config, describer)
+    objective = Objective(target, config.weights.as_tuple())
+    model_dir = ledger.current_model_dir() or config.model_dir
+    if dispatcher is None:
+        log = DocumentLog(data_dir / DOCUMENTS_FILE)
+        subscribers = [log]
+        try:
+            from flows.run_store import RunStore
+
+            subscribers.append(RunStore.open(data_dir).writer)
+        except ImportError:  # Tiled not installed: documents still go to documents.jsonl
+            pass
+        dispatcher = InProcessDispatcher(data_dir / "lab", seed=config.seed, subscribers=subscribers)
+    return Campaign(config, data_dir, ledger, objective, load_predictor(model_dir, surrogate_steps), dispatcher,
+                    describer, n_images, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------- proposals
+def swarm_candidates(campaign: Campaign, refresh: bool = False) -> list[dict]:
+    """The particle swarm's ranked candidates over the current surrogate (cached in ``pso_candidates.json``)."""
+    path = campaign.data_dir / PSO_FILE
+    model = campaign.ledger.current_model_dir() or str(campaign.config.model_dir or DEFAULT_MODEL_DIR)
+    if path.is_file() and not refresh:
+        cached = json.loads(path.read_text())
+        if cached.get("model") == model:
+            return cached["candidates"]
+    result = run_pso(campaign.predictor, campaign.space, campaign.objective, n_particles=campaign.config.pso.particles,
+                     iters=campaign.config.pso.iters, n_images=campaign.n_images, seed=campaign.config.seed,
+                     top_k=max(4 * campaign.config.batch_size, 16), stop_when_met=False,
+                     progress=(lambda i, best: campaign.progress("pso", {"iteration": i, "objective": best.objective}))
+                     if campaign.progress else None)
+    candidates = [c.to_dict() for c in result.candidates]
+    payload = {"model": model, "evaluations": result.evaluations, "wall_time_s": result.wall_time_s,
+               "candidates": candidates}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+    return candidates
+
+
+def measured(campaign: Campaign) -> tuple[list[dict], np.ndarray]:
+    """Conditions and descriptors (``n x 4``) of every completed experiment."""
+    rows = [campaign.ledger.experiment(e) for e in campaign.ledger.completed()]
+    x = [r["conditions"] for r in rows]
+    y = np.array([[np.nan if r["descriptors"].get(k) is None else r["descriptors"][k] for k in DESCRIPTORS]
+                  for r in rows], float).reshape(len(rows), len(DESCRIPTORS))
+    return x, y
+
+
+@task(name="propose-batch", cache_policy=NO_CACHE)
+def propose_task(campaign: Campaign, round: int, q: int) -> list[dict]:
+    """The round's batch: ``[{"conditions", "predicted", "source"}]`` (never run here)."""
+    candidates = swarm_candidates(campaign)
+    x, y = measured(campaign)
+    done = {json.dumps(c, sort_keys=True) for c in x}
+    fresh = [c for c in candidates if json.dumps(c["conditions"], sort_keys=True) not in done]
+    good = ~np.isnan(y).any(axis=1) if len(y) else np.zeros(0, bool)
+    if good.sum() < 2:
+        chosen = [{"conditions": c["conditions"], "predicted": c["descriptors"], "source": "pso"} for c in fresh[:q]]
+    else:
+        picks = propose_batch([c for c, g in zip(x, good) if g], y[good], campaign.space, campaign.objective, q=q,
+                              candidate_set=[c["conditions"] for c in fresh], prior_predictor=campaign.predictor,
+                              seed=campaign.config.seed + round, n_images=campaign.n_images)
+        predicted = {json.dumps(c["conditions"], sort_keys=True): c["descriptors"] for c in candidates}
+        chosen = [{"conditions": p, "predicted": predicted.get(json.dumps(p, sort_keys=True)), "source": "botorch"}
+                  for p in picks]
+    if len(chosen) < q:  # the swarm ran dry: fill with feasible random conditions, marked as such
+        rng = np.random.default_rng(campaign.config.seed + 1000 + round)
+        chosen += [{"conditions": c, "predicted": None, "source": "random"}
+                   for c in campaign.space.sample(q - len(chosen), rng)]
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------- experiments
+def describe_images(describer: Describer, images: dict[str, str]) -> dict[str, float]:
+    """D50 and sphericity from the low-magnification frame, texture from the high one."""
+    low = describer.describe(images["low"]).descriptors
+    high = describer.describe(images["high"]).descriptors
+    return {"d50_um": low.get("d50_um"), "sphericity_mean": low.get("sphericity_mean"),
+            "sphericity_std": low.get("sphericity_std"), "texture": high.get("texture")}
+
+
+@task(name="run-experiment", tags=["reactor"], cache_policy=NO_CACHE, retries=0)
+def run_experiment_task(campaign: Campaign, experiment_id: str) -> dict:
+    """Dispatch one experiment until it completes or its attempts are spent; every attempt is in the ledger.
+
+    Retries are bounded by ``max_attempts`` and counted in the ledger (not in Prefect's memory), so a resumed
+    campaign knows how many an experiment already had.
+    """
+    ledger, config = campaign.ledger, campaign.config
+    logger = get_run_logger()
+    while True:
+        exp = ledger.experiment(experiment_id)
+        attempt = exp["attempts"] + 1
+        sample_id = sample_id_for(experiment_id, attempt)
+        ledger.mark_dispatched(experiment_id, sample_id, attempt)
+        try:
+            result = campaign.dispatcher.run(exp["conditions"], sample_id,
+                                             {"experiment_id": experiment_id, "campaign_id": ledger.campaign_id,
+                                              "attempt": attempt})
+            descriptors = describe_images(campaign.describer, result.images)
+        except (DispatchError, ValueError) as exc:
+            retryable = getattr(exc, "retryable", False) and attempt < config.max_attempts
+            ledger.mark_failed(experiment_id, str(exc), attempt, retryable=retryable)
+            logger.warning("%s attempt %d failed: %s", experiment_id, attempt, exc)
+            if retryable:
+                continue
+            return {"experiment_id": experiment_id, "state": "failed", "reason": str(exc)}
+        ledger.mark_completed(experiment_id, descriptors, [result.images["low"], result.images["high"]],
+                              run_uid=result.run_uid)
+        return {"experiment_id": experiment_id, "state": "completed", "descriptors": descriptors,
+                "sample_id": sample_id}
+
+
+# --------------------------------------------------------------------------------------------- retraining
+@task(name="retrain-surrogate", cache_policy=NO_CACHE)
+def retrain_task(campaign: Campaign, round: int, minutes: float) -> str:
+    """Fine-tune the surrogate on the measured images (a new model folder per round)."""
+    from flows.surrogate_data import tiles_from_frames
+    from flows.surrogate_flow import fine_tune_surrogate
+
+    ledger = campaign.ledger
+    model_in = ledger.current_model_dir() or str(campaign.config.model_dir or DEFAULT_MODEL_DIR)
+    model_out = campaign.data_dir / "models" / f"round_{round:03d}"
+    ledger.retrain_started(round, model_out)
+    rows = [ledger.experiment(e) for e in ledger.completed()]
+    tiles = tiles_from_frames([(r["conditions"], r["images"]) for r in rows])
+    metrics = fine_tune_surrogate(model_in, tiles, str(model_out), minutes=minutes, seed=campaign.config.seed + round)
+    ledger.retrain_finished(round, model_out, metrics)
+    campaign.predictor = load_predictor(model_out, campaign.predictor.predictor.steps)
+    return str(model_out)
+
+
+# ------------------------------------------------------------------------------------------------ the flow
+def best_so_far(campaign: Campaign) -> dict | None:
+    """The completed experiment with the lowest objective (with its residuals)."""
+    best = None
+    for eid in campaign.ledger.completed():
+        row = campaign.ledger.experiment(eid)
+        d = {k: (np.nan if row["descriptors"].get(k) is None else row["descriptors"][k]) for k in DESCRIPTORS}
+        f = float(campaign.objective(d)[0])
+        if not math.isfinite(f):
+            continue
+        if best is None or f < best["objective"]:
+            best = {"experiment_id": eid, "conditions": row["conditions"], "descriptors": row["descriptors"],
+                    "objective": f, "met": campaign.objective.target_met(d),
+                    "residuals": campaign.objective.residuals(d), "images": row["images"],
+                    "sample_id": row["sample_id"]}
+    return best
+
+
+def _round_artifact(campaign: Campaign, round: int, results: list[dict]) -> None:
+    lines = [f"### Round {round}", "", "| experiment | state | D50 µm | Ψ mean | Ψ std | texture |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        d = r.get("descriptors") or {}
+        cells = [f"{d[k]:.3f}" if isinstance(d.get(k), (int, float)) else "-" for k in DESCRIPTORS]
+        lines.append(f"| {r['experiment_id']} | {r['state']} | " + " | ".join(cells) + " |")
+    best = best_so_far(campaign)
+    if best:
+        lines += ["", f"Best so far: {best['experiment_id']} (objective {best['objective']:.4f}, "
+                      f"target met: {best['met']})"]
+    create_markdown_artifact(key=f"campaign-round-{round}", markdown="\n".join(lines),
+                             description=f"Round {round} of {campaign.ledger.campaign_id}")
+
+
+def _stop_reason(campaign: Campaign) -> str | None:
+    status = campaign.ledger.status()
+    best = best_so_far(campaign)
+    if best and best["met"]:
+        return "target met"
+    if status["proposed"] >= campaign.config.budget.experiments and not campaign.ledger.pending():
+        return "experiment budget spent"
+    if (time.monotonic() - campaign.started) / 3600.0 >= campaign.config.budget.hours:
+        return "time budget spent"
+    return None
+
+
+@flow(name="campaign")
+def run_campaign(campaign: Campaign, retrain_minutes: float = 0.5) -> dict:
+    """Run rounds until the target is met or the budget is spent; returns the campaign summary."""
+    logger = get_run_logger()
+    ledger, config = campaign.ledger, campaign.config
+    recovered = ledger.recover(config.interrupted_policy, config.max_attempts)
+    if recovered["requeued"] or recovered["abandoned"]:
+        logger.warning("resumed: requeued %s, abandoned %s", recovered["requeued"], recovered["abandoned"])
+    reason = None if not ledger.is_finished() else "finished earlier"
+    while reason is None:
+        reason = _stop_reason(campaign)
+        if reason:
+            break
+        pending = ledger.pending()
+        if pending:
+            round = ledger.last_round() or 0
+        else:
+            round = (ledger.last_round() + 1) if ledger.last_round() is not None else 0
+            left = config.budget.experiments - ledger.status()["proposed"]
+            batch = propose_task(campaign, round, min(config.batch_size, left))
+            pending = ledger.propose(round, batch)
+        results = []
+        for eid in pending:
+            if campaign.progress:
+                campaign.progress("dispatch", {"experiment_id": eid, "round": round})
+            results.append(run_experiment_task(campaign, eid))
+            if campaign.progress:
+                campaign.progress("result", results[-1])
+        _round_artifact(campaign, round, results)
+        due = config.retrain_every_rounds and (round + 1) % config.retrain_every_rounds == 0
+        if due and _stop_reason(campaign) is None and ledger.completed():
+            retrain_task(campaign, round, retrain_minutes)
+            swarm_candidates(campaign, refresh=True)
+    best = best_so_far(campaign)
+    if not ledger.is_finished():
+        ledger.finish(reason, bool(best and best["met"]))
+    summary = {"campaign_id": ledger.campaign_id, "reason": reason, "met": bool(best and best["met"]),
+               "experiments": ledger.status()["completed"] + ledger.status()["failed"], "status": ledger.status(),
+               "best": best, "data_dir": str(campaign.data_dir), "target": campaign.objective.target.as_dict()}
+    (campaign.data_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+    return summary
