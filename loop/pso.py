@@ -1,0 +1,319 @@
+"""Particle swarm inverse design (paper 000, SI §1.2.4): find conditions whose predicted morphology hits a target.
+
+The swarm flies over the unit cube of a :class:`~loop.space.SearchSpace`; each iteration decodes every
+particle into conditions (repaired into the constraints), sends the whole swarm to the predictor in one
+``predict`` call with one fixed noise ``seed`` (so ``F`` is a deterministic function of the conditions), and
+scores the predictions with eq. 3 (:class:`~loop.objective.Objective`). The search returns ranked candidates; it
+never runs an experiment.
+
+pyswarms 1.3.0 notes (measured):
+
+* ``GlobalBestPSO`` draws its initial velocities and every velocity update from numpy's *global* RNG.
+  :func:`run_pso` seeds it with ``seed`` and restores the caller's global state afterwards, so a run is
+  deterministic for a seed and leaves other code's random streams alone.
+* ``bh_strategy="nearest"`` clips particles that leave ``[0, 1]^d`` onto the boundary (the default "periodic"
+  wraps them to the opposite side, which teleports a particle pushing against a bound).
+* Every pyswarms ``Reporter()`` (built at import and in every optimiser) calls ``logging.config.dictConfig``,
+  which replaces the root logger's handlers and opens ``./report.log``. Those calls are skipped here.
+* ``optimize`` has no stopping hook besides ``ftol``: the cost function raises an internal exception to stop
+  early (target met, or no improvement for ``patience`` iterations); everything evaluated is already recorded.
+"""
+from __future__ import annotations
+
+import logging.config
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from loop.objective import Objective
+from loop.predictor import MorphologyPredictor, Prediction, conditions_key
+from loop.space import SearchSpace
+
+__all__ = ["Candidate", "PSOResult", "run_pso", "run_random_search", "distinct_conditions", "PSO_OPTIONS"]
+
+#: Constriction coefficients of Clerc & Kennedy (2002): a standard, convergent choice.
+PSO_OPTIONS = {"c1": 1.49618, "c2": 1.49618, "w": 0.7298}
+
+
+@dataclass
+class Candidate:
+    """One distinct set of conditions the search evaluated, with its predicted morphology and score."""
+
+    conditions: dict[str, Any]
+    descriptors: dict[str, float]
+    spread: dict[str, float]
+    objective: float
+    met: bool
+    residuals: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (NaN becomes None)."""
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class PSOResult:
+    """What a search returns: ranked candidates and how the search went.
+
+    Attributes
+    ----------
+    candidates : list of Candidate
+        Distinct conditions, best (lowest ``objective``) first, at most ``top_k``.
+    history : list of float
+        Best ``F`` found so far after each iteration.
+    evaluations : int
+        Conditions sent to the predictor (particles x iterations run).
+    evaluations_to_target : int or None
+        Evaluations spent up to the end of the iteration that first met the target (None: never met).
+    predict_calls : int
+        ``predict`` calls made (one per iteration when batched).
+    iterations : int
+    wall_time_s : float
+    stopped : str
+        ``"target_met"``, ``"patience"`` or ``"budget"``.
+    method : str
+        ``"pso"`` or ``"random"``.
+    """
+
+    candidates: list[Candidate]
+    history: list[float]
+    evaluations: int
+    evaluations_to_target: int | None
+    predict_calls: int
+    iterations: int
+    wall_time_s: float
+    stopped: str
+    method: str
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> Candidate:
+        """The best candidate."""
+        return self.candidates[0]
+
+    @property
+    def met(self) -> bool:
+        """Whether the best candidate meets the target tolerance."""
+        return bool(self.candidates) and self.candidates[0].met
+
+    @property
+    def residuals(self) -> dict[str, float]:
+        """Relative errors of the closest candidate (what to report when the target is out of reach)."""
+        return self.candidates[0].residuals if self.candidates else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary, best candidate first."""
+        out = {k: v for k, v in asdict(self).items() if k != "candidates"}
+        out.update(met=self.met, residuals=self.residuals, candidates=[c.to_dict() for c in self.candidates])
+        return _jsonable(out)
+
+
+class _Stop(Exception):
+    """Raised inside the cost function to end ``GlobalBestPSO.optimize`` early."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Evaluator:
+    """Evaluates batches of conditions, records every distinct candidate and the best-so-far history."""
+
+    def __init__(self, predictor: MorphologyPredictor, objective: Objective, n_images: int, seed: int,
+                 batch: bool, progress: Callable[[int, Candidate], Any] | None, patience: int | None,
+                 stop_when_met: bool) -> None:
+        self.predictor, self.objective = predictor, objective
+        self.n_images, self.seed, self.batch = n_images, seed, batch
+        self.progress, self.patience, self.stop_when_met = progress, patience, stop_when_met
+        self.seen: dict[tuple, Candidate] = {}
+        self.best: Candidate | None = None
+        self.history: list[float] = []
+        self.evaluations = 0
+        self.predict_calls = 0
+        self.evaluations_to_target: int | None = None
+        self._since_improvement = 0
+
+    def _predict(self, conditions: list[dict[str, Any]]) -> list[Prediction]:
+        if self.batch:
+            self.predict_calls += 1
+            preds = list(self.predictor.predict(conditions, n_images=self.n_images, seed=self.seed))
+        else:  # one call per condition: the baseline that shows what batching saves
+            preds = []
+            for c in conditions:
+                self.predict_calls += 1
+                preds.extend(self.predictor.predict([c], n_images=self.n_images, seed=self.seed))
+        if len(preds) != len(conditions):
+            raise RuntimeError(f"predictor returned {len(preds)} predictions for {len(conditions)} conditions")
+        return preds
+
+    def __call__(self, conditions: list[dict[str, Any]]) -> np.ndarray:
+        """Score one iteration's ``conditions`` (length ``n``) -> ``n`` costs; may raise :class:`_Stop`."""
+        preds = self._predict(conditions)
+        costs = self.objective(preds)
+        self.evaluations += len(conditions)
+        previous = math.inf if self.best is None else self.best.objective
+        for c, p, f in zip(conditions, preds, costs):
+            key = conditions_key(c)
+            if key not in self.seen:
+                self.seen[key] = Candidate(dict(c), dict(p.descriptors), dict(p.spread), float(f),
+                                           self.objective.target_met(p), self.objective.residuals(p))
+            if self.best is None or f < self.best.objective:
+                self.best = self.seen[key]
+        self.history.append(self.best.objective)
+        improved = self.best.objective < previous - 1e-12 * max(1.0, abs(previous))
+        self._since_improvement = 0 if improved else self._since_improvement + 1
+        if self.best.met and self.evaluations_to_target is None:
+            self.evaluations_to_target = self.evaluations
+        if self.progress is not None:
+            self.progress(len(self.history), self.best)
+        if self.stop_when_met and self.best.met:
+            raise _Stop("target_met")
+        if self.patience is not None and self._since_improvement >= self.patience:
+            raise _Stop("patience")
+        return costs
+
+    def result(self, method: str, stopped: str, t0: float, seed: int, top_k: int) -> PSOResult:
+        ranked = sorted(self.seen.values(), key=lambda c: (c.objective, not c.met))[:top_k]
+        return PSOResult(ranked, self.history, self.evaluations, self.evaluations_to_target, self.predict_calls,
+                         len(self.history), time.perf_counter() - t0, stopped, method, seed)
+
+
+@contextmanager
+def _pyswarms_logging_muted() -> Iterator[None]:
+    """Skip the ``logging.config.dictConfig`` calls pyswarms makes on import and construction."""
+    original = logging.config.dictConfig
+    logging.config.dictConfig = lambda config: None
+    try:
+        yield
+    finally:
+        logging.config.dictConfig = original
+
+
+@contextmanager
+def _global_numpy_seed(seed: int) -> Iterator[None]:
+    """Seed numpy's global RNG (which pyswarms uses) and restore the caller's state afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _check_budget(n_particles: int, iters: int, n_images: int, patience: int | None, space: SearchSpace) -> None:
+    for name, v in (("n_particles", n_particles), ("iters", iters), ("n_images", n_images)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if patience is not None and (not isinstance(patience, (int, np.integer)) or patience < 1):
+        raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
+    if space.dim == 0:
+        raise ValueError("the search space has no free parameter (all fixed); unfix one to search")
+
+
+def run_pso(predictor: MorphologyPredictor, space: SearchSpace, objective: Objective, n_particles: int = 40,
+            iters: int = 50, n_images: int = 4, seed: int = 0, batch: bool = True,
+            progress: Callable[[int, Candidate], Any] | None = None, patience: int | None = None,
+            stop_when_met: bool = True, options: Mapping[str, float] | None = None,
+            top_k: int = 10, noise_seed: int | None = None) -> PSOResult:
+    """Search conditions minimising ``objective`` of the predicted descriptors with a global-best swarm.
+
+    Parameters
+    ----------
+    predictor : MorphologyPredictor
+        Called once per iteration with all ``n_particles`` conditions (``batch=True``), else once per particle.
+    space : SearchSpace
+        Initial particles are feasible samples of the space; particles decode through ``space.from_unit``.
+    objective : Objective
+        Eq. 3; also decides when the target is met.
+    n_particles, iters : int
+        Swarm size and maximum iterations (paper 000: 40 and 50).
+    n_images : int
+        Images the predictor generates per condition.
+    seed : int
+        Seeds the initial swarm, pyswarms' global-RNG draws and (unless ``noise_seed`` is given) the
+        predictor's noise.
+    batch : bool
+        One ``predict`` call per iteration (default) or one per particle.
+    progress : callable, optional
+        ``progress(iteration, best_candidate)`` after each iteration.
+    patience : int, optional
+        Stop after this many iterations without improvement.
+    stop_when_met : bool
+        Stop as soon as the best candidate meets the target tolerance.
+    options : mapping, optional
+        pyswarms ``{"c1", "c2", "w"}`` (default :data:`PSO_OPTIONS`).
+    top_k : int
+        Number of ranked distinct candidates returned.
+    noise_seed : int, optional
+        The ``seed`` passed to every ``predict`` call (default ``seed``): fix it to compare swarm seeds on the
+        same deterministic objective.
+
+    Returns
+    -------
+    PSOResult
+        ``met=False`` with the closest candidate's residuals when no candidate meets the target.
+    """
+    _check_budget(n_particles, iters, n_images, patience, space)
+    t0 = time.perf_counter()
+    init = np.clip(space.to_unit(space.sample(n_particles, np.random.default_rng(seed))), 0.0, 1.0)
+    evaluator = _Evaluator(predictor, objective, n_images, seed if noise_seed is None else noise_seed, batch,
+                           progress, patience, stop_when_met)
+
+    def cost(x: np.ndarray) -> np.ndarray:  # n_particles x d -> n_particles
+        return evaluator(space.from_unit(x))
+
+    stopped = "budget"
+    with _pyswarms_logging_muted():
+        from pyswarms.single.global_best import GlobalBestPSO
+        with _global_numpy_seed(seed):
+            optimizer = GlobalBestPSO(n_particles, space.dim, dict(options or PSO_OPTIONS),
+                                      bounds=(np.zeros(space.dim), np.ones(space.dim)),
+                                      bh_strategy="nearest", init_pos=init)
+            try:
+                optimizer.optimize(cost, iters=iters, verbose=False)
+            except _Stop as stop:
+                stopped = stop.reason
+    return evaluator.result("pso", stopped, t0, seed, top_k)
+
+
+def run_random_search(predictor: MorphologyPredictor, space: SearchSpace, objective: Objective,
+                      n_particles: int = 40, iters: int = 50, n_images: int = 4, seed: int = 0, batch: bool = True,
+                      progress: Callable[[int, Candidate], Any] | None = None, patience: int | None = None,
+                      stop_when_met: bool = True, top_k: int = 10, noise_seed: int | None = None) -> PSOResult:
+    """The baseline: ``iters`` batches of ``n_particles`` feasible random conditions (same budget and result
+    type as :func:`run_pso`)."""
+    _check_budget(n_particles, iters, n_images, patience, space)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    evaluator = _Evaluator(predictor, objective, n_images, seed if noise_seed is None else noise_seed, batch,
+                           progress, patience, stop_when_met)
+    stopped = "budget"
+    try:
+        for _ in range(iters):
+            evaluator(space.sample(n_particles, rng))
+    except _Stop as stop:
+        stopped = stop.reason
+    return evaluator.result("random", stopped, t0, seed, top_k)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None and numpy scalars by Python ones."""
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def distinct_conditions(candidates: Sequence[Candidate]) -> list[dict[str, Any]]:
+    """The conditions of ``candidates`` (for :func:`loop.proposer.propose_batch`'s ``candidate_set``)."""
+    return [dict(c.conditions) for c in candidates]

@@ -1,0 +1,207 @@
+"""PSO inverse design on a fake predictor (the virtual lab's truth + seeded noise), and its baseline."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loop.objective import Objective, Target
+from loop.predictor import CachedPredictor, Prediction
+from loop.pso import PSOResult, run_pso, run_random_search
+from loop.space import SearchSpace
+
+SPACE = SearchSpace.default()
+#: Paper 000's optimum-like conditions (sealed reactor, 0.3/0.3 wt%, 4000 ppm additive).
+KNOWN = {"ph": 10.5, "naoh_wt_pct": 0.3, "nh4oh_wt_pct": 0.3, "time_min": 720.0, "temperature_c": 50.0,
+         "stir_rpm": 800.0, "atmosphere": "sealed", "additive_ppm": 4000.0}
+
+
+def reachable_objective(predictor, conditions=KNOWN) -> Objective:
+    truth = predictor.truth(conditions)
+    return Objective(Target(truth["d50_um"], truth["sphericity_mean"], truth["texture"]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pso_finds_conditions_within_5_percent_of_a_reachable_target(truth_predictor, seed):
+    predictor = truth_predictor()
+    objective = reachable_objective(predictor)
+    result = run_pso(predictor, SPACE, objective, n_particles=20, iters=20, seed=seed)
+    assert result.met and result.stopped == "target_met" and result.iterations < 20
+    assert all(abs(r) <= 0.05 for r in result.residuals.values())
+    assert result.evaluations_to_target == result.evaluations == 20 * result.iterations
+    truth = predictor.truth(result.best.conditions)  # the prediction noise is small: the truth is close too
+    assert all(abs(truth[k] / v - 1) < 0.1 for k, v in objective.target.as_dict().items())
+    assert SPACE.is_feasible(result.best.conditions)
+
+
+def test_pso_is_deterministic_for_a_seed_and_restores_numpy_global_state(truth_predictor):
+    objective = reachable_objective(truth_predictor())
+    np.random.seed(123)
+    expected_next = np.random.random()
+    np.random.seed(123)
+    a = run_pso(truth_predictor(), SPACE, objective, n_particles=10, iters=6, seed=7, stop_when_met=False)
+    assert np.random.random() == expected_next  # the caller's global stream is untouched
+    b = run_pso(truth_predictor(), SPACE, objective, n_particles=10, iters=6, seed=7, stop_when_met=False)
+    c = run_pso(truth_predictor(), SPACE, objective, n_particles=10, iters=6, seed=8, stop_when_met=False)
+    assert a.history == b.history
+    assert [x.conditions for x in a.candidates] == [x.conditions for x in b.candidates]
+    assert a.history != c.history
+
+
+def test_one_batched_predict_call_per_iteration_with_a_fixed_noise_seed(truth_predictor):
+    predictor = truth_predictor()
+    objective = reachable_objective(predictor)
+    result = run_pso(predictor, SPACE, objective, n_particles=12, iters=5, seed=3, stop_when_met=False)
+    assert predictor.batch_sizes == [12] * 5 == [12] * result.iterations
+    assert result.predict_calls == 5 and result.evaluations == 60
+    assert set(predictor.seeds) == {3}
+    unbatched_predictor = truth_predictor()
+    unbatched = run_pso(unbatched_predictor, SPACE, objective, n_particles=12, iters=5, seed=3, batch=False,
+                        stop_when_met=False)
+    assert unbatched_predictor.batch_sizes == [1] * 60 and unbatched.predict_calls == 60
+    assert unbatched.history == result.history  # batching changes the cost, not the answer
+    noise_fixed = truth_predictor()
+    run_pso(noise_fixed, SPACE, objective, n_particles=4, iters=2, seed=3, noise_seed=5, stop_when_met=False)
+    assert noise_fixed.seeds == [5, 5]
+
+
+def test_result_bookkeeping(truth_predictor):
+    calls = []
+    objective = reachable_objective(truth_predictor())
+    result = run_pso(truth_predictor(), SPACE, objective, n_particles=10, iters=8, seed=0, stop_when_met=False,
+                     progress=lambda i, best: calls.append((i, best.objective)), top_k=5)
+    assert isinstance(result, PSOResult) and result.method == "pso" and result.stopped == "budget"
+    assert len(result.history) == 8 and all(np.diff(result.history) <= 0)
+    assert [c[0] for c in calls] == list(range(1, 9)) and [c[1] for c in calls] == result.history
+    scores = [c.objective for c in result.candidates]
+    assert len(result.candidates) == 5 and scores == sorted(scores) and scores[0] == result.history[-1]
+    assert len({tuple(sorted(c.conditions.items())) for c in result.candidates}) == 5
+    summary = result.to_dict()
+    assert summary["candidates"][0]["objective"] == scores[0] and summary["met"] == result.met
+    assert result.wall_time_s > 0
+
+
+def test_unreachable_target_returns_met_false_with_residuals(truth_predictor):
+    # The virtual lab's sphericity tops out at 0.93 and its texture at 0.98: no condition reaches both 0.99.
+    objective = Objective(Target(d50_um=3.0, sphericity_mean=0.99, texture=0.99))
+    result = run_pso(truth_predictor(), SPACE, objective, n_particles=10, iters=10, seed=0, patience=4)
+    assert not result.met and result.stopped in ("budget", "patience")
+    assert set(result.residuals) == {"d50_um", "sphericity_mean", "texture"}
+    assert result.residuals["sphericity_mean"] < -0.05
+    assert result.best.objective > 0 and not any(c.met for c in result.candidates)
+
+
+def test_patience_stops_a_stalled_search(truth_predictor):
+    objective = Objective(Target(d50_um=3.0, sphericity_mean=0.99, texture=0.99))
+    result = run_pso(truth_predictor(), SPACE, objective, n_particles=5, iters=200, seed=0, patience=3)
+    assert result.stopped == "patience" and result.iterations < 200
+    assert result.history[-1] == result.history[-4]
+
+
+def test_random_search_baseline_is_worse_or_equal_on_average(truth_predictor):
+    rng = np.random.default_rng(11)
+    pso_f, random_f = [], []
+    for i, conditions in enumerate(SPACE.sample(5, rng)):
+        objective = reachable_objective(truth_predictor(), conditions)
+        kwargs = dict(n_particles=15, iters=15, seed=i, stop_when_met=False)
+        pso_f.append(run_pso(truth_predictor(), SPACE, objective, **kwargs).best.objective)
+        baseline = run_random_search(truth_predictor(), SPACE, objective, **kwargs)
+        assert baseline.method == "random" and baseline.evaluations == 225
+        random_f.append(baseline.best.objective)
+    assert np.mean(np.log10(pso_f)) < np.mean(np.log10(random_f))
+
+
+def test_constraints_hold_for_every_candidate(truth_predictor):
+    space = SearchSpace.from_config({"constraints": {"ratio_window": [0.8, 1.25], "fixed": {"atmosphere": "n2"}}})
+    result = run_pso(truth_predictor(), space, reachable_objective(truth_predictor()), n_particles=10, iters=5,
+                     seed=0, stop_when_met=False, top_k=50)
+    assert len(result.candidates) == 50
+    assert all(space.is_feasible(c.conditions) for c in result.candidates)
+
+
+class PartlyBlindPredictor:
+    """Texture unmeasurable (NaN) in air: the objective must penalise, not crash."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def predict(self, conditions, n_images=4, seed=0):
+        out = []
+        for p in self.inner.predict(conditions, n_images, seed):
+            if p.conditions["atmosphere"] == "air":
+                p = Prediction(p.conditions, {**p.descriptors, "texture": math.nan}, p.spread)
+            out.append(p)
+        return out
+
+
+def test_nan_descriptors_are_penalised_not_fatal(truth_predictor):
+    objective = reachable_objective(truth_predictor())
+    result = run_pso(PartlyBlindPredictor(truth_predictor()), SPACE, objective, n_particles=10, iters=5, seed=0,
+                     stop_when_met=False, top_k=50)
+    air = [c for c in result.candidates if c.conditions["atmosphere"] == "air"]
+    assert air and all(c.objective >= 100 and not c.met for c in air)
+    assert result.best.conditions["atmosphere"] != "air"
+    assert result.to_dict()["candidates"][-1]["descriptors"]["texture"] is None  # NaN -> null in JSON
+
+
+def test_cached_predictor_counts_distinct_evaluations(truth_predictor):
+    inner = truth_predictor()
+    cached = CachedPredictor(inner, decimals=6)
+    a, b = dict(KNOWN), {**KNOWN, "ph": 10.6}
+    first = cached.predict([a, b, {**a, "ph": 10.5 + 1e-9}], seed=1)
+    assert inner.batch_sizes == [2] and cached.evaluations == 2 and cached.calls == 1
+    assert first[0].descriptors == first[2].descriptors
+    again = cached.predict([b, a], seed=1)
+    assert inner.batch_sizes == [2] and cached.calls == 2 and cached.batches == 1
+    assert again[1].descriptors == first[0].descriptors
+    cached.predict([a], seed=2)  # another noise seed is another evaluation
+    assert cached.evaluations == 3 and inner.batch_sizes == [2, 1]
+    result = run_pso(cached, SPACE, reachable_objective(inner), n_particles=8, iters=4, seed=0,
+                     stop_when_met=False)
+    assert cached.evaluations <= 3 + result.evaluations and len(cached) == cached.evaluations
+
+
+def test_pso_leaves_logging_alone(truth_predictor, tmp_path, monkeypatch):
+    """pyswarms' Reporter would reconfigure the root logger and open ./report.log."""
+    monkeypatch.chdir(tmp_path)
+    handlers = list(logging.getLogger().handlers)
+    run_pso(truth_predictor(), SPACE, reachable_objective(truth_predictor()), n_particles=5, iters=2, seed=0)
+    assert logging.getLogger().handlers == handlers
+    assert not Path("report.log").exists()
+
+
+def test_budget_errors(truth_predictor):
+    objective = reachable_objective(truth_predictor())
+    with pytest.raises(ValueError, match="n_particles must be a positive integer"):
+        run_pso(truth_predictor(), SPACE, objective, n_particles=0)
+    with pytest.raises(ValueError, match="no free parameter"):
+        fixed_all = SearchSpace.from_config({"parameters": {"ph": [10, 11]}, "constraints": {"fixed": {"ph": 10.5}}})
+        run_pso(truth_predictor(), fixed_all, objective)
+
+
+class ForeignPredictor:
+    """A predictor with its own prediction type (as ``models.surrogate`` has): only ``.descriptors``,
+    ``.spread`` and ``.conditions`` are relied on."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def predict(self, conditions, n_images=4, seed=0, keep_images=False):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(conditions=p.conditions, descriptors=p.descriptors, spread=p.spread)
+                for p in self.inner.predict(conditions, n_images, seed)]
+
+
+def test_duck_typed_predictions_are_accepted(truth_predictor):
+    from loop.predictor import MorphologyPredictor
+
+    predictor = CachedPredictor(ForeignPredictor(truth_predictor()))
+    assert isinstance(predictor.predictor, MorphologyPredictor)
+    objective = reachable_objective(truth_predictor())
+    reference = run_pso(truth_predictor(), SPACE, objective, n_particles=8, iters=3, seed=0, stop_when_met=False)
+    result = run_pso(predictor, SPACE, objective, n_particles=8, iters=3, seed=0, stop_when_met=False)
+    assert result.history == reference.history
