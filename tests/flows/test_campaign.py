@@ -1,0 +1,134 @@
+"""Closed-loop campaigns end to end on the simulators: dry run, kill-and-resume, faults, bad configs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+try:
+    RUNNER = CliRunner(mix_stderr=False)
+except TypeError:  # click >= 8.2 always keeps stderr apart
+    RUNNER = CliRunner()
+
+TINY = """
+name = "t"
+data_dir = "{data_dir}"
+batch_size = 2
+retrain_every_rounds = 0
+seed = 3
+[target]
+d50_um = 3.4
+sphericity_mean = 0.89
+texture = 0.57
+[budget]
+experiments = {budget}
+hours = 1.0
+[pso]
+particles = 4
+iters = 2
+"""
+
+
+def invoke(*args):
+    result = RUNNER.invoke(app, list(map(str, args)))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def write_config(tmp_path: Path, budget: int = 4, **extra) -> Path:
+    path = tmp_path / "campaign.toml"
+    text = TINY.format(data_dir=tmp_path / "run", budget=budget)
+    text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in extra.items()) + "\n" + text
+    path.write_text(text)
+    return path
+
+
+def test_campaign_start_records_every_experiment_and_reports(tmp_path, prefect_harness):
+    result = invoke("campaign", "start", write_config(tmp_path, budget=4), "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["experiments"] == 4 or summary["met"]
+    assert set(summary) >= {"met", "experiments", "best", "data_dir", "report"}
+    assert Path(summary["report"]).read_text().startswith("<!doctype html>")
+    status = json.loads(invoke("campaign", "status", tmp_path / "run", "--json").stdout)
+    assert status["duplicates"] == 0 and status["in_flight"] == 0
+    assert status["completed"] + status["failed"] + status["abandoned"] == status["proposed"]
+    # every completed experiment's run is in Tiled, with its images on disk
+    from flows.run_store import RunStore
+    from loop.ledger import Ledger
+
+    store = RunStore.open(tmp_path / "run")
+    with Ledger(tmp_path / "run", create=False) as ledger:
+        for eid in ledger.completed():
+            row = ledger.experiment(eid)
+            assert row["run_uid"] in store.runs()
+            assert all(Path(p).is_file() for p in row["images"])
+    store.close()
+    # starting again in the same folder is refused and leaves the ledger untouched
+    before = (tmp_path / "run" / "ledger.sqlite").stat().st_size
+    again = invoke("campaign", "start", write_config(tmp_path, budget=4))
+    assert again.exit_code == 2 and "campaign resume" in again.stderr
+    assert (tmp_path / "run" / "ledger.sqlite").stat().st_size == before
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"colour": "red"}, ["colour"]),
+    ({"batch_size": 0}, ["batch_size"]),
+    ({"model_dir": "/no/such/model"}, ["model_dir"]),
+])
+def test_bad_configs_exit_2_and_name_the_field(tmp_path, extra, words):
+    path = write_config(tmp_path)
+    text = path.read_text()
+    for key in extra:
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(f"{key} ="))
+    path.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in extra.items()) + "\n" + text)
+    result = invoke("campaign", "start", path)
+    assert result.exit_code == 2
+    for word in words:
+        assert word in result.stderr
+    assert not (tmp_path / "run" / "ledger.sqlite").exists()
+
+
+def test_resume_of_an_unknown_folder_is_a_clear_error(tmp_path):
+    result = invoke("campaign", "resume", tmp_path)
+    assert result.exit_code == 2 and "ledger" in result.stderr
+
+
+def _dispatched(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        try:
+            return conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'dispatched'").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_campaign_then_resume_loses_and_duplicates_nothing(tmp_path, prefect_harness):
+    config = write_config(tmp_path, budget=4)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "campaign", "start", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[2])
+    db = tmp_path / "run" / "ledger.sqlite"
+    deadline = time.monotonic() + 600
+    while _dispatched(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the campaign ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = invoke("campaign", "resume", tmp_path / "run", "--json")
+    assert result.exit_code == 0, result.stderr
+    status = json.loads(invoke("campaign", "status", tmp_path / "run", "--json").stdout)
+    assert status["duplicates"] == 0 and status["in_flight"] == 0
+    assert status["completed"] + status["failed"] + status["abandoned"] == status["proposed"]
+    assert status["state"] == "finished"
