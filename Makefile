@@ -17,10 +17,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: a closed-loop dry-run campaign against the simulators (data/dry-run; rerunning resumes it).
 run: $(STAMP)
-	$(VENV)/bin/morphloop --help
-	$(VENV)/bin/morphloop describe --help
-	$(VENV)/bin/morphloop simulate --help
+	$(VENV)/bin/morphloop dry-run --data-dir data/dry-run
 
 test: $(STAMP)
 	$(PY) -m pytest -q

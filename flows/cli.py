@@ -289,3 +289,7 @@ from flows.cli_campaign import campaign_app, dry_run  # noqa: E402
 
 app.command("dry-run")(dry_run)
 app.add_typer(campaign_app, name="campaign")
+
+from flows.cli_design import design  # noqa: E402
+
+app.command("design")(design)

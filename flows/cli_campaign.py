@@ -28,8 +28,7 @@ def _console():
     return Console(file=sys.stderr)
 
 
-def _run(config, *, as_json: bool, surrogate_steps: int | None = None, n_images: int = 2,
-         retrain_minutes: float = 0.5) -> dict:
+def _run(config, *, as_json: bool) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.campaign import open_campaign, run_campaign
@@ -54,10 +53,11 @@ def _run(config, *, as_json: bool, surrogate_steps: int | None = None, n_images:
                 progress.update(runs, info=text)
 
         try:
-            campaign = open_campaign(config, surrogate_steps=surrogate_steps, n_images=n_images, progress=report)
+            campaign = open_campaign(config, surrogate_steps=config.surrogate_steps,
+                                     n_images=config.images_per_condition, progress=report)
             done = campaign.ledger.status()
             progress.update(runs, completed=done["completed"] + done["failed"])
-            summary = run_campaign(campaign, retrain_minutes=retrain_minutes)
+            summary = run_campaign(campaign, retrain_minutes=config.retrain_minutes)
         except LedgerError as exc:
             _err(f"error: {exc}")
             raise typer.Exit(2)
@@ -117,8 +117,9 @@ def dry_run(
     config = _load({"name": "dry-run", "data_dir": str(data_dir.resolve()), "target": target,
                     "batch_size": batch, "budget": {"experiments": budget, "hours": 1.0},
                     "retrain_every_rounds": 2, "pso": {"particles": 12, "iters": 8}, "seed": seed,
+                    "surrogate_steps": 6, "images_per_condition": 2, "retrain_minutes": 0.5,
                     **({"model_dir": str(model.resolve())} if model else {})})
-    _run(config, as_json=as_json, surrogate_steps=6, n_images=2)
+    _run(config, as_json=as_json)
 
 
 @campaign_app.command("start")

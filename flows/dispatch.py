@@ -68,7 +68,9 @@ class InProcessDispatcher:
         self.reactor = Reactor(name="reactor", lab=self.lab)
         self.sem = SEM(name="sem", lab=self.lab, image_shape=image_shape)
         self.engine = RunEngine({}, call_returns_result=True)
-        for callback in subscribers or []:
+        # The RunEngine holds bound-method callbacks by weak reference: keep them alive here.
+        self.subscribers = list(subscribers or [])
+        for callback in self.subscribers:
             self.engine.subscribe(callback)
         self._current: dict[str, Any] = {}
         self.engine.subscribe(self._collect)

@@ -291,6 +291,12 @@ class CampaignConfig(_Section):
                                                                        "take before it is abandoned (1-100)")] = 3
     interrupted_policy: Literal["requeue", "abandon"] = Field("requeue", description="what resume does with "
                                                               "experiments a kill left in flight (see loop.ledger)")
+    surrogate_steps: Annotated[StrictInt, Field(ge=1, le=200, description="give the surrogate's solver steps, an "
+                                                                          "integer in 1-200")] | None = None
+    images_per_condition: Annotated[StrictInt, Field(ge=1, le=64, description="give the tiles the surrogate "
+                                                                              "generates per condition and "
+                                                                              "magnification (1-64)")] = 2
+    retrain_minutes: float = Field(0.5, gt=0, description="give the fine-tuning time per retrain in minutes (> 0)")
 
     @field_validator("search_space")
     @classmethod

@@ -26,6 +26,8 @@ data_dir = "{data_dir}"
 batch_size = 2
 retrain_every_rounds = 0
 seed = 3
+surrogate_steps = 2
+images_per_condition = 1
 [target]
 d50_um = 3.4
 sphericity_mean = 0.89

@@ -1,0 +1,116 @@
+"""``morphloop design``: conditions whose surrogate-generated images match a target morphology (paper 000, PSO).
+
+It returns candidates; it never runs experiments (``morphloop simulate`` or a campaign does). ``--json`` prints one
+object on stdout; progress goes to stderr.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _target(d50, sphericity, texture, sphericity_std, images: list[Path], pixel_size_um):
+    """A :class:`loop.objective.Target` from numbers, from reference images, or both (numbers win)."""
+    from loop.objective import Target, target_from_description
+
+    if images:
+        from models.describe import DescribeError, Describer
+
+        describer = Describer()
+        try:
+            records = [describer.describe(p, pixel_size_um).record() for p in images]
+        except DescribeError as exc:
+            raise ValueError(str(exc)) from exc
+        merged = {k: v for k, v in {"d50_um": d50, "sphericity_mean": sphericity, "texture": texture,
+                                    "sphericity_std": sphericity_std}.items() if v is not None}
+        return target_from_description(records + ([merged] if merged else []))
+    missing = [flag for flag, v in (("--target-d50-um", d50), ("--target-sphericity", sphericity),
+                                    ("--target-texture", texture)) if v is None]
+    if missing:
+        raise ValueError(f"give {', '.join(missing)} (or --target-image PATH for a reference image)")
+    return Target(d50, sphericity, texture, sphericity_std)
+
+
+def design(
+    target_d50_um: Optional[float] = typer.Option(None, "--target-d50-um", help="Target number-median D50 (µm)."),
+    target_sphericity: Optional[float] = typer.Option(None, "--target-sphericity", help="Target mean sphericity."),
+    target_texture: Optional[float] = typer.Option(None, "--target-texture", help="Target texture in [0, 1]."),
+    target_sphericity_std: Optional[float] = typer.Option(None, "--target-sphericity-std",
+                                                          help="Target sphericity std (optional)."),
+    target_image: Optional[List[Path]] = typer.Option(None, "--target-image",
+                                                      help="Reference SEM image(s): a low- and a high-mag one."),
+    pixel_size_um: Optional[float] = typer.Option(None, "--pixel-size-um", help="Pixel size of the reference."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Surrogate folder (default: the shipped model)."),
+    particles: int = typer.Option(40, "--particles", help="Swarm size (paper 000: 40)."),
+    iters: int = typer.Option(50, "--iters", help="Iterations at most (paper 000: 50)."),
+    n_images: int = typer.Option(2, "--n-images", help="Generated tiles per condition and magnification."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Solver steps (default: the model's)."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the best candidate's generated tiles."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+) -> None:
+    """Particle swarm over the surrogate toward a numeric or reference-image target."""
+    from loop.objective import Objective
+    from loop.predictor import CachedPredictor
+    from loop.pso import run_pso
+    from loop.space import SearchSpace
+    from models.surrogate.model import DEFAULT_MODEL_DIR, SurrogateModelError
+    from models.surrogate.predictor import SurrogatePredictor
+    from simulators.fields import write_sem_tiff
+
+    for flag, value in (("--particles", particles), ("--iters", iters), ("--n-images", n_images)):
+        if value < 1:
+            _err(f"error: {flag} must be at least 1, got {value}")
+            raise typer.Exit(2)
+    try:
+        target = _target(target_d50_um, target_sphericity, target_texture, target_sphericity_std,
+                         list(target_image or []), pixel_size_um)
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2)
+    try:
+        surrogate = SurrogatePredictor.from_pretrained(model or DEFAULT_MODEL_DIR, steps=steps)
+    except SurrogateModelError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2)
+    predictor = CachedPredictor(surrogate)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(file=sys.stderr), transient=True) as progress:
+        task = progress.add_task("particle swarm", total=iters)
+        result = run_pso(predictor, SearchSpace.default(), Objective(target), n_particles=max(particles, 2),
+                         iters=iters, n_images=n_images, seed=seed,
+                         progress=lambda i, best: progress.update(task, completed=i))
+    best = result.best
+    images: dict[str, list[str]] = {}
+    if out is not None:
+        tiles = surrogate.generate([best.conditions], n_images, seed)
+        for mag, stack in tiles.items():
+            images[mag] = []
+            for k, tile in enumerate(stack[0]):
+                path = out / f"{mag}_{k}.tif"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_sem_tiff(path, tile, surrogate.surrogate.config.pixel_size_um[mag], bits=16,
+                               extra={"conditions": best.conditions, "generated_by": "morphloop design"})
+                images[mag].append(str(path))
+    clean = lambda d: {k: (None if v is None or not math.isfinite(v) else v) for k, v in d.items()}  # noqa: E731
+    record = {"conditions": best.conditions, "predicted": clean(best.descriptors), "spread": clean(best.spread),
+              "objective": best.objective, "met": best.met, "residuals": clean(best.residuals),
+              "target": target.as_dict(), "images": images, "evaluations": result.evaluations,
+              "wall_time_s": result.wall_time_s, "stopped": result.stopped}
+    if as_json:
+        typer.echo(json.dumps(record))
+    else:
+        _err(json.dumps(record, indent=1))
+    if not best.met:
+        _err("note: no candidate meets the target within tolerance; the closest one and its residuals are shown")
