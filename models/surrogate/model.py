@@ -168,12 +168,16 @@ class LatentDiffusionSurrogate:
     # ---------------------------------------------------------------------------------------- sampling
     def sampler(self, steps: int) -> DPMSolverMultistepScheduler:
         """DPM-Solver++ (2nd order) on the training noise schedule. Every setting is explicit: a scheduler loaded
-        from disk marks defaults differently from a fresh one, and ``from_config`` would then disagree."""
+        from disk marks defaults differently from a fresh one, and ``from_config`` would then disagree.
+
+        Steps are spaced "leading" (first step at t ≈ 0.9 T): the cosine schedule's ᾱ at t = T − 1 is ~1e-9, and an
+        ε-prediction's x0 estimate there is divided by √ᾱ — starting at T − 1 made the latents blow up (std ~10³).
+        """
         cfg = self.scheduler.config
         sampler = DPMSolverMultistepScheduler(
             num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
             prediction_type=cfg.prediction_type, algorithm_type="dpmsolver++", solver_order=2,
-            timestep_spacing="trailing", lower_order_final=True)
+            timestep_spacing="leading", steps_offset=1, lower_order_final=True)
         sampler.set_timesteps(steps)
         return sampler
 
