@@ -272,10 +272,6 @@ def main() -> None:  # pragma: no cover - console entry point
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 from flows.cli_tomo import indi_app, tomo_app  # noqa: E402 - the sub-commands register on the app defined above
 
 app.add_typer(tomo_app, name="tomo")
@@ -293,3 +289,7 @@ app.add_typer(campaign_app, name="campaign")
 from flows.cli_design import design  # noqa: E402
 
 app.command("design")(design)
+
+
+if __name__ == "__main__":  # pragma: no cover - after every sub-command has registered
+    app()
