@@ -152,11 +152,17 @@ def propose_task(campaign: Campaign, round: int, q: int) -> list[dict]:
     if good.sum() < 2:
         chosen = [{"conditions": c["conditions"], "predicted": c["descriptors"], "source": "pso"} for c in fresh[:q]]
     else:
-        picks = propose_batch([c for c, g in zip(x, good) if g], y[good], campaign.space, campaign.objective, q=q,
-                              candidate_set=[c["conditions"] for c in fresh], prior_predictor=campaign.predictor,
-                              seed=campaign.config.seed + round, n_images=campaign.n_images)
+        try:
+            picks = propose_batch([c for c, g in zip(x, good) if g], y[good], campaign.space, campaign.objective,
+                                  q=q, candidate_set=[c["conditions"] for c in fresh],
+                                  prior_predictor=campaign.predictor, seed=campaign.config.seed + round,
+                                  n_images=campaign.n_images)
+            source = "botorch"
+        except ValueError as exc:  # e.g. a descriptor the surrogate cannot measure on its tiles: no GP for it
+            get_run_logger().warning("BoTorch proposal failed (%s); taking the swarm's next candidates", exc)
+            picks, source = [c["conditions"] for c in fresh[:q]], "pso"
         predicted = {json.dumps(c["conditions"], sort_keys=True): c["descriptors"] for c in candidates}
-        chosen = [{"conditions": p, "predicted": predicted.get(json.dumps(p, sort_keys=True)), "source": "botorch"}
+        chosen = [{"conditions": p, "predicted": predicted.get(json.dumps(p, sort_keys=True)), "source": source}
                   for p in picks]
     if len(chosen) < q:  # the swarm ran dry: fill with feasible random conditions, marked as such
         rng = np.random.default_rng(campaign.config.seed + 1000 + round)

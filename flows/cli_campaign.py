@@ -116,7 +116,7 @@ def dry_run(
             target[key] = value
     config = _load({"name": "dry-run", "data_dir": str(data_dir.resolve()), "target": target,
                     "batch_size": batch, "budget": {"experiments": budget, "hours": 1.0},
-                    "retrain_every_rounds": 2, "pso": {"particles": 12, "iters": 8}, "seed": seed,
+                    "retrain_every_rounds": 2, "pso": {"particles": 10, "iters": 6}, "seed": seed,
                     "surrogate_steps": 6, "images_per_condition": 2, "retrain_minutes": 0.5,
                     **({"model_dir": str(model.resolve())} if model else {})})
     _run(config, as_json=as_json)
