@@ -276,11 +276,24 @@ def _stop_reason(campaign: Campaign) -> str | None:
     return None
 
 
+def limit_reactor_concurrency(logger) -> None:
+    """One experiment at a time on the reactor: a tag concurrency limit of 1 on ``reactor`` (the tag of
+    ``run-experiment``), so campaigns sharing a Prefect server never dispatch two syntheses at once."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.create_concurrency_limit(tag="reactor", concurrency_limit=1)
+    except Exception as exc:  # an API without the limit still runs the campaign (its experiments are sequential)
+        logger.warning("could not set the 'reactor' concurrency limit: %s", exc)
+
+
 @flow(name="campaign")
 def run_campaign(campaign: Campaign, retrain_minutes: float = 0.5) -> dict:
     """Run rounds until the target is met or the budget is spent; returns the campaign summary."""
     logger = get_run_logger()
     ledger, config = campaign.ledger, campaign.config
+    limit_reactor_concurrency(logger)
     recovered = ledger.recover(config.interrupted_policy, config.max_attempts)
     if recovered["requeued"] or recovered["abandoned"]:
         logger.warning("resumed: requeued %s, abandoned %s", recovered["requeued"], recovered["abandoned"])

@@ -76,6 +76,11 @@ def test_campaign_start_records_every_experiment_and_reports(tmp_path, prefect_h
             assert row["run_uid"] in store.runs()
             assert all(Path(p).is_file() for p in row["images"])
     store.close()
+    # the reactor takes one experiment at a time, whoever else uses this Prefect server
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_concurrency_limit_by_tag("reactor").concurrency_limit == 1
     # starting again in the same folder is refused and leaves the ledger untouched
     before = (tmp_path / "run" / "ledger.sqlite").stat().st_size
     again = invoke("campaign", "start", write_config(tmp_path, budget=4))
