@@ -104,7 +104,10 @@ def open_campaign(config: CampaignConfig, *, dispatcher=None, surrogate_steps: i
             subscribers.append(RunStore.open(data_dir).writer)
         except ImportError:  # Tiled not installed: documents still go to documents.jsonl
             pass
-        dispatcher = InProcessDispatcher(data_dir / "lab", seed=config.seed, subscribers=subscribers)
+        from simulators.faults import FaultInjector
+
+        faults = FaultInjector(rate=config.devices.fault_rate, seed=config.seed)
+        dispatcher = InProcessDispatcher(data_dir / "lab", seed=config.seed, faults=faults, subscribers=subscribers)
     return Campaign(config, data_dir, ledger, objective, load_predictor(model_dir, surrogate_steps), dispatcher,
                     describer, n_images, progress=progress)
 

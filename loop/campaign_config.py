@@ -243,6 +243,8 @@ class DevicesConfig(_Section):
                                                                            '"epics" (with reactor_prefix, sem_prefix)')
     reactor_prefix: str | None = None
     sem_prefix: str | None = None
+    fault_rate: float = Field(0.0, ge=0.0, lt=1.0, description="give the probability (0 <= p < 1) that an operation "
+                                                              "of the simulated lab fails (fault injection)")
 
     @model_validator(mode="after")
     def _prefixes_match_backend(self) -> "DevicesConfig":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from typing import Mapping
 
+import numpy as np
+
 
 class LabFault(RuntimeError):
     """Base class of every simulated hardware fault."""
@@ -59,6 +61,10 @@ class FaultInjector:
     ----------
     faults : mapping of str to int, optional
         Fault kind (a key of :data:`FAULT_KINDS`) -> how many of its next occurrences fail.
+    rate : float
+        Besides the armed ones, every occurrence of every kind fails with this probability (0: never).
+    seed : int
+        Seed of the random faults.
 
     Raises
     ------
@@ -66,9 +72,13 @@ class FaultInjector:
         An unknown fault kind (the message names the known ones) or a negative/non-integer count.
     """
 
-    def __init__(self, faults: Mapping[str, int] | None = None) -> None:
+    def __init__(self, faults: Mapping[str, int] | None = None, *, rate: float = 0.0, seed: int = 0) -> None:
+        if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
+            raise ValueError(f"fault rate must be a probability in [0, 1), got {rate!r}")
         self._lock = threading.Lock()
         self._pending: dict[str, int] = {kind: 0 for kind in FAULT_KINDS}
+        self.rate = float(rate)
+        self._rng = np.random.default_rng(seed)
         for kind, times in (faults or {}).items():
             self.arm(kind, times)
 
@@ -113,8 +123,11 @@ class FaultInjector:
         self._check_kind(kind)
         with self._lock:
             if self._pending[kind] == 0:
-                return
-            self._pending[kind] -= 1
+                # unarmed: a random fault with probability ``rate`` (seeded: a run's faults are reproducible)
+                if not (self.rate and self._rng.random() < self.rate):
+                    return
+            else:
+                self._pending[kind] -= 1
         context = f" ({detail})" if detail else ""
         raise FAULT_KINDS[kind](f"{kind}{context}: {FAULT_MESSAGES[kind]}")
 

@@ -139,3 +139,22 @@ def test_sigkill_mid_campaign_then_resume_loses_and_duplicates_nothing(tmp_path,
     assert status["duplicates"] == 0 and status["in_flight"] == 0
     assert status["completed"] + status["failed"] + status["abandoned"] == status["proposed"]
     assert status["state"] == "finished"
+
+
+def test_campaign_completes_under_injected_faults_and_records_them(tmp_path, prefect_harness):
+    path = write_config(tmp_path, budget=4)
+    path.write_text(path.read_text() + "\n[devices]\nfault_rate = 0.15\n")
+    result = invoke("campaign", "start", path, "--json")
+    assert result.exit_code == 0, result.stderr
+    from loop.ledger import Ledger
+
+    with Ledger(tmp_path / "run", create=False) as ledger:
+        status = ledger.status()
+        events = ledger.events()
+        rows = [ledger.experiment(e) for e in ledger.experiments()["experiment_id"]]
+    assert status["state"] == "finished" and status["duplicates"] == 0 and status["in_flight"] == 0
+    assert status["completed"] + status["failed"] + status["abandoned"] == status["proposed"]
+    assert status["failures"] > 0                                   # some device operations did fail
+    failed = events[events["kind"] == "failed"]
+    assert all("fault" in str(p) or "fail" in str(p) for p in failed["payload"])   # each with its reason
+    assert all(r["attempts"] <= 3 for r in rows)                    # retries are bounded (max_attempts)

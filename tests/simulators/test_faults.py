@@ -106,3 +106,29 @@ def test_concurrent_callers_consume_each_armed_failure_once():
         t.join()
     assert sum(raised) == 200
     assert injector.pending("pump_fault") == 0
+
+
+def test_random_fault_rate_fails_about_that_share_reproducibly():
+    import pytest as _pytest
+
+    from simulators.faults import FaultInjector, LabFault
+
+    def failures(seed: int) -> list[int]:
+        injector = FaultInjector(rate=0.2, seed=seed)
+        out = []
+        for i in range(500):
+            try:
+                injector.maybe_raise("sem_timeout", f"frame {i}")
+            except LabFault:
+                out.append(i)
+        return out
+
+    first = failures(1)
+    assert 60 <= len(first) <= 140           # 100 expected
+    assert failures(1) == first              # seeded
+    assert failures(2) != first
+    never = FaultInjector()
+    for _ in range(100):
+        never.maybe_raise("pump_fault")
+    with _pytest.raises(ValueError, match="probability"):
+        FaultInjector(rate=1.5)
