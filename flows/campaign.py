@@ -35,6 +35,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 from flows.dispatch import DispatchError, InProcessDispatcher
 from flows.simulate import DocumentLog
 from loop.campaign_config import CampaignConfig
+from loop.config import DESCRIPTORS
 from loop.ledger import Ledger, sample_id_for
 from loop.objective import Objective, Target, target_from_description
 from loop.predictor import CachedPredictor
@@ -44,7 +45,6 @@ from models.describe import Describer
 from models.surrogate.model import DEFAULT_MODEL_DIR
 from models.surrogate.predictor import SurrogatePredictor
 
-DESCRIPTORS = ("d50_um", "sphericity_mean", "sphericity_std", "texture")
 PSO_FILE = "pso_candidates.json"
 DOCUMENTS_FILE = "documents.jsonl"
 SUMMARY_FILE = "campaign_summary.json"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from loop.config import DESCRIPTORS
 from loop.ledger import Ledger
 from loop.objective import Objective, Target
 
-DESCRIPTORS = ("d50_um", "sphericity_mean", "sphericity_std", "texture")
 LABELS = {"d50_um": "D50 (µm)", "sphericity_mean": "sphericity mean", "sphericity_std": "sphericity std",
           "texture": "texture"}
 
