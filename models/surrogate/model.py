@@ -54,6 +54,10 @@ class SurrogateConfig:
         Multiplies encoder latents so they have unit variance (measured after the autoencoder is trained).
     embed_hidden : int
         Hidden width of the condition MLP.
+    time_scale_shift : str
+        How the time + condition embedding enters the denoiser's residual blocks: ``"scale_shift"`` (FiLM on
+        the normalised features, as in Dhariwal & Nichol) makes global properties such as particle size follow
+        the conditions in far fewer steps than ``"default"`` (added as a bias).
     condition_dropout : float
         Probability of training with the null condition (classifier-free guidance).
     sampling_steps, guidance_scale : int, float
@@ -74,6 +78,7 @@ class SurrogateConfig:
     latent_scale: float = 1.0
     unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     embed_hidden: int = 128
+    time_scale_shift: str = "scale_shift"
     condition_dropout: float = 0.1
     sampling_steps: int = 10
     guidance_scale: float = 1.5
@@ -116,6 +121,7 @@ def build_denoiser(config: SurrogateConfig) -> UNet2DModel:
     return UNet2DModel(sample_size=config.latent_px, in_channels=config.latent_channels,
                        out_channels=config.latent_channels, block_out_channels=ch, layers_per_block=1,
                        down_block_types=down, up_block_types=up, class_embed_type="identity",
+                       resnet_time_scale_shift=config.time_scale_shift,
                        norm_num_groups=min(16, ch[0]), attention_head_dim=32)
 
 
