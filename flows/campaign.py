@@ -16,7 +16,12 @@ One round, as data (each arrow is a ledger transaction, so a kill anywhere loses
 
 Resume (``morphloop campaign resume DIR``): the ledger's :meth:`~loop.ledger.Ledger.recover` requeues (or
 abandons) experiments left in flight, pending ones are dispatched before anything new is proposed, the swarm's
-candidates come back from ``pso_candidates.json`` and the surrogate from the last finished retrain.
+candidates come back from ``pso_candidates.json`` and the surrogate from the last finished retrain; a fine-tune
+the kill interrupted is run again, whole, before anything else.
+
+Human in the loop (``approve``): before dispatch the flow pauses (:func:`approve_batch`) until an operator answers
+with ``morphloop campaign approve DIR`` or the Prefect UI, or ``approve_timeout_s`` passes; then the batch stays
+proposed and the campaign stops with reason "approval timed out" (``campaign resume`` asks again).
 """
 from __future__ import annotations
 
@@ -31,6 +36,9 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 
 from flows.dispatch import DispatchError, InProcessDispatcher
 from flows.simulate import DocumentLog
@@ -48,6 +56,8 @@ from models.surrogate.predictor import SurrogatePredictor
 PSO_FILE = "pso_candidates.json"
 DOCUMENTS_FILE = "documents.jsonl"
 SUMMARY_FILE = "campaign_summary.json"
+#: Written while a campaign waits for an operator: the flow run, the API that holds it, the batch.
+APPROVAL_FILE = "approval_request.json"
 
 
 @dataclass
@@ -64,6 +74,9 @@ class Campaign:
     n_images: int = 2
     started: float = field(default_factory=time.monotonic)
     progress: Callable[[str, dict], None] | None = None
+    #: Ask an operator before each dispatch; ``None`` follows the config (``campaign resume --approve`` overrides
+    #: it here, not in the config, whose snapshot identifies the campaign).
+    approve: bool | None = None
 
     @property
     def space(self):
@@ -215,6 +228,110 @@ def run_experiment_task(campaign: Campaign, experiment_id: str) -> dict:
                 "sample_id": sample_id}
 
 
+# ------------------------------------------------------------------------------------------ human in the loop
+class BatchDecision(RunInput):
+    """The operator's answer to a paused campaign (Prefect UI: *Resume* shows this form).
+
+    Every experiment of the batch that is neither skipped nor edited is approved, so an empty form approves the
+    batch. ``edit`` maps an experiment id to the conditions to change (the others keep their proposed values).
+    """
+
+    skip: list[str] = []
+    edit: dict[str, dict[str, Any]] = {}
+    by: str = ""
+    note: str = ""
+
+
+class ApprovalTimeout(RuntimeError):
+    """Nobody answered within ``approve_timeout_s``; the batch stays proposed (``campaign resume`` asks again)."""
+
+
+def check_decision(campaign: Campaign, waiting: list[str], decision: BatchDecision) -> list[str]:
+    """Problems with an operator's decision, each naming the experiment and the fix (empty when usable)."""
+    problems = [f"skip: {e!r} is not waiting for approval (waiting: {waiting})" for e in decision.skip
+                if e not in waiting]
+    for eid, change in decision.edit.items():
+        if eid not in waiting:
+            problems.append(f"edit: {eid!r} is not waiting for approval (waiting: {waiting})")
+            continue
+        unknown = sorted(set(change) - set(campaign.space.names))
+        if unknown:
+            problems.append(f"edit {eid}: unknown condition(s) {unknown}; editable: {list(campaign.space.names)}")
+            continue
+        conditions = {**campaign.ledger.experiment(eid)["conditions"], **change}
+        if not campaign.space.is_feasible(conditions):
+            problems.append(f"edit {eid}: {change} is outside the search space or its NaOH/NH4OH ratio window; "
+                            f"see the campaign config's [space]")
+    return problems
+
+
+def approve_batch(campaign: Campaign, round: int, pending: list[str]) -> list[str]:
+    """Pause the flow until an operator approves, edits or skips the experiments not yet decided.
+
+    The decision arrives as :class:`BatchDecision` run input (``prefect flow-run resume`` or the UI), within
+    ``approve_timeout_s`` (explicit: Prefect's own default would fail the run after an hour). Every decision is a
+    ledger ``approval`` event; skipped experiments are abandoned with the operator's reason. A decision that
+    does not fit the batch is refused (logged) and the flow pauses again. Returns the experiments to dispatch.
+    """
+    ledger, config = campaign.ledger, campaign.config
+    logger = get_run_logger()
+    waiting = [e for e in pending if ledger.experiment(e)["approval"] is None]
+    attempt = 0
+    while waiting:
+        rows = [ledger.experiment(e) for e in waiting]
+        create_markdown_artifact(
+            key=f"campaign-approval-round-{round}",
+            markdown="\n".join([f"### Round {round}: waiting for approval", "", "| experiment | conditions |",
+                                "| --- | --- |"] + [f"| {r['experiment_id']} | `{json.dumps(r['conditions'])}` |"
+                                                   for r in rows]),
+            description="Resume the flow run with skip / edit lists (an empty form approves the batch)")
+        logger.warning("round %d: waiting up to %.0f s for an operator to approve %s (resume this flow run; "
+                       "an empty form approves them)", round, config.approve_timeout_s, waiting)
+        if campaign.progress:
+            campaign.progress("approval", {"round": round, "waiting": waiting})
+        attempt += 1
+        _write_approval_request(campaign, round, rows)
+        try:
+            decision = pause_flow_run(wait_for_input=BatchDecision, timeout=int(math.ceil(config.approve_timeout_s)),
+                                      poll_interval=max(1, min(10, int(config.approve_timeout_s // 4))),
+                                      key=f"approve-round-{round}-{ledger.status()['proposed']}-{attempt}")
+        except FlowPauseTimeout as exc:
+            raise ApprovalTimeout(f"round {round}: no decision on {waiting} within {config.approve_timeout_s:.0f} s; "
+                                  "they stay proposed: run `morphloop campaign resume DIR` to be asked again") from exc
+        problems = check_decision(campaign, waiting, decision)
+        if problems:
+            logger.error("decision refused, asking again: %s", "; ".join(problems))
+            continue
+        for eid in waiting:
+            if eid in decision.skip:
+                ledger.record_approval(eid, "skip", by=decision.by, note=decision.note)
+            elif eid in decision.edit:
+                conditions = {**ledger.experiment(eid)["conditions"], **decision.edit[eid]}
+                ledger.record_approval(eid, "edit", conditions, by=decision.by, note=decision.note)
+            else:
+                ledger.record_approval(eid, "approve", by=decision.by, note=decision.note)
+        waiting = []
+    (campaign.data_dir / APPROVAL_FILE).unlink(missing_ok=True)
+    return [e for e in pending if ledger.state_of(e) != "abandoned"]
+
+
+def _write_approval_request(campaign: Campaign, round: int, rows: list[dict]) -> None:
+    """What ``morphloop campaign approve DIR`` needs to answer: this flow run and the API holding it (a
+    temporary local server's port changes from run to run)."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    context = FlowRunContext.get()
+    request = {"flow_run_id": str(context.flow_run.id) if context else None, "api_url": PREFECT_API_URL.value(),
+               "round": round, "deadline_s": campaign.config.approve_timeout_s, "requested_at": time.time(),
+               "experiments": [{"experiment_id": r["experiment_id"], "conditions": r["conditions"],
+                                "predicted": r["predicted"]} for r in rows]}
+    path = campaign.data_dir / APPROVAL_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(request, indent=1, default=str))
+    tmp.replace(path)
+
+
 # --------------------------------------------------------------------------------------------- retraining
 @task(name="retrain-surrogate", cache_policy=NO_CACHE)
 def retrain_task(campaign: Campaign, round: int, minutes: float) -> str:
@@ -301,6 +418,11 @@ def run_campaign(campaign: Campaign, retrain_minutes: float = 0.5) -> dict:
     if recovered["requeued"] or recovered["abandoned"]:
         logger.warning("resumed: requeued %s, abandoned %s", recovered["requeued"], recovered["abandoned"])
     reason = None if not ledger.is_finished() else "finished earlier"
+    interrupted = ledger.retrain_in_progress()
+    if reason is None and interrupted is not None:  # killed mid-fine-tune: do that fine-tune again, whole
+        logger.warning("resumed: the fine-tune after round %d was interrupted; running it again", interrupted)
+        retrain_task(campaign, interrupted, retrain_minutes)
+        swarm_candidates(campaign, refresh=True)
     while reason is None:
         reason = _stop_reason(campaign)
         if reason:
@@ -313,6 +435,13 @@ def run_campaign(campaign: Campaign, retrain_minutes: float = 0.5) -> dict:
             left = config.budget.experiments - ledger.status()["proposed"]
             batch = propose_task(campaign, round, min(config.batch_size, left))
             pending = ledger.propose(round, batch)
+        if config.approve if campaign.approve is None else campaign.approve:
+            try:
+                pending = approve_batch(campaign, round, pending)
+            except ApprovalTimeout as exc:
+                logger.error("%s", exc)
+                reason = "approval timed out"
+                break
         results = []
         for eid in pending:
             if campaign.progress:
@@ -326,10 +455,31 @@ def run_campaign(campaign: Campaign, retrain_minutes: float = 0.5) -> dict:
             retrain_task(campaign, round, retrain_minutes)
             swarm_candidates(campaign, refresh=True)
     best = best_so_far(campaign)
-    if not ledger.is_finished():
+    if not ledger.is_finished() and reason != "approval timed out":  # a timed-out batch waits for `resume`
         ledger.finish(reason, bool(best and best["met"]))
     summary = {"campaign_id": ledger.campaign_id, "reason": reason, "met": bool(best and best["met"]),
                "experiments": ledger.status()["completed"] + ledger.status()["failed"], "status": ledger.status(),
                "best": best, "data_dir": str(campaign.data_dir), "target": campaign.objective.target.as_dict()}
     (campaign.data_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+@flow(name="campaign-from-config")
+def campaign_from_config(config: str, data_dir: str | None = None, resume: bool = False) -> dict:
+    """Deployment entry point (JSON parameters, for a work pool): start the campaign of the TOML ``config``, or
+    with ``resume`` continue the one in ``data_dir`` (its config comes from its ledger)."""
+    from loop.campaign_config import load_campaign_config
+
+    if resume:
+        if data_dir is None:
+            raise ValueError("resume=True needs data_dir (the campaign folder)")
+        with Ledger(data_dir, create=False) as ledger:
+            snapshot = ledger.config()
+        loaded = load_campaign_config(snapshot)
+    else:
+        import tomllib
+
+        raw = tomllib.loads(Path(config).read_text())
+        loaded = load_campaign_config({**raw, **({"data_dir": data_dir} if data_dir else {})})
+    campaign = open_campaign(loaded, surrogate_steps=loaded.surrogate_steps, n_images=loaded.images_per_condition)
+    return run_campaign(campaign, retrain_minutes=loaded.retrain_minutes)

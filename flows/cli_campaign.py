@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Optional
+from uuid import UUID
 
 import typer
 
@@ -28,7 +29,7 @@ def _console():
     return Console(file=sys.stderr)
 
 
-def _run(config, *, as_json: bool) -> dict:
+def _run(config, *, as_json: bool, approve: bool | None = None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows.campaign import open_campaign, run_campaign
@@ -45,6 +46,10 @@ def _run(config, *, as_json: bool) -> dict:
                 progress.update(swarm, completed=info["iteration"], info=f"best F {info['objective']:.4f}")
             elif kind == "dispatch":
                 progress.update(runs, info=f"running {info['experiment_id']}")
+            elif kind == "approval":
+                progress.console.print(f"round {info['round']}: waiting for approval of {info['waiting']}: run "
+                                       f"`morphloop campaign approve {config.data_dir}` (add --skip / --edit), "
+                                       "or resume the flow run in the Prefect UI")
             elif kind == "result":
                 d = info.get("descriptors") or {}
                 text = (f"{info['experiment_id']}: D50 {d.get('d50_um') or float('nan'):.2f} µm, "
@@ -55,6 +60,7 @@ def _run(config, *, as_json: bool) -> dict:
         try:
             campaign = open_campaign(config, surrogate_steps=config.surrogate_steps,
                                      n_images=config.images_per_condition, progress=report)
+            campaign.approve = approve
             done = campaign.ledger.status()
             progress.update(runs, completed=done["completed"] + done["failed"])
             summary = run_campaign(campaign, retrain_minutes=config.retrain_minutes)
@@ -126,10 +132,19 @@ def dry_run(
 def start(
     config_path: Path = typer.Argument(..., help="Campaign config (TOML)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Override the config's data_dir."),
+    approve: bool = typer.Option(False, "--approve", help="Pause before each batch for approve / edit / skip "
+                                 "(answer with `morphloop campaign approve DIR`)."),
+    approve_timeout_s: Optional[float] = typer.Option(None, "--approve-timeout-s",
+                                                      help="Seconds to wait for a decision (default: config, 900)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Start a campaign from a TOML config (a folder holding a finished campaign is refused)."""
-    config = _load(config_path, {"data_dir": str(data_dir.resolve())} if data_dir else None)
+    overrides = {"data_dir": str(data_dir.resolve())} if data_dir else {}
+    if approve:
+        overrides["approve"] = True
+    if approve_timeout_s is not None:
+        overrides["approve_timeout_s"] = approve_timeout_s
+    config = _load(config_path, overrides or None)
     if (Path(config.data_dir) / "ledger.sqlite").exists():
         _err(f"error: {config.data_dir} already holds a campaign; continue it with "
              f"'morphloop campaign resume {config.data_dir}' or choose another --data-dir")
@@ -140,11 +155,68 @@ def start(
 @campaign_app.command("resume")
 def resume(
     data_dir: Path = typer.Argument(..., help="The campaign folder."),
+    approve: Optional[bool] = typer.Option(None, "--approve/--no-approve",
+                                           help="Override the campaign's approval setting from now on."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Continue a campaign after a crash or kill: nothing lost, nothing dispatched twice."""
     snapshot = _snapshot(data_dir)
-    _run(_load(snapshot), as_json=as_json)
+    _run(_load(snapshot), as_json=as_json, approve=approve)
+
+
+@campaign_app.command("approve")
+def approve_cmd(
+    data_dir: Path = typer.Argument(..., help="The campaign folder (its campaign is waiting for approval)."),
+    skip: list[str] = typer.Option([], "--skip", help="Experiment id to skip (repeatable)."),
+    edit: list[str] = typer.Option([], "--edit", help='ID=JSON, e.g. \'dry-run-r001-e00={"ph": 10.9}\' '
+                                   "(repeatable)."),
+    by: str = typer.Option("", "--by", help="Who decides (recorded in the ledger)."),
+    note: str = typer.Option("", "--note", help="Why (recorded in the ledger)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Answer a campaign paused for approval: every waiting experiment not skipped or edited is approved."""
+    from flows.campaign import APPROVAL_FILE
+
+    path = data_dir / APPROVAL_FILE
+    if not path.is_file():
+        _err(f"error: no campaign in {data_dir} is waiting for approval ({path} is missing); it was started "
+             "without --approve, already answered, or timed out (then `morphloop campaign resume` asks again)")
+        raise typer.Exit(2)
+    request = json.loads(path.read_text())
+    edits = {}
+    for item in edit:
+        eid, sep, text = item.partition("=")
+        try:
+            change = json.loads(text) if sep else None
+        except json.JSONDecodeError as exc:
+            change, problem = None, str(exc)
+        else:
+            problem = "not a JSON object"
+        if not isinstance(change, dict):
+            _err(f'error: --edit {item!r}: write ID={{"name": value, ...}} ({problem})')
+            raise typer.Exit(2)
+        edits[eid] = change
+    waiting = [e["experiment_id"] for e in request["experiments"]]
+    unknown = sorted((set(skip) | set(edits)) - set(waiting))
+    if unknown:
+        _err(f"error: {unknown} not waiting for approval; waiting: {waiting}")
+        raise typer.Exit(2)
+    from prefect.flow_runs import resume_flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    decision = {"skip": list(skip), "edit": edits, "by": by, "note": note}
+    try:
+        with temporary_settings({PREFECT_API_URL: request["api_url"]}):
+            resume_flow_run(UUID(request["flow_run_id"]), run_input=decision)
+    except Exception as exc:  # server gone, run no longer paused, input refused: say which
+        _err(f"error: could not resume flow run {request['flow_run_id']} at {request['api_url']}: {exc}")
+        raise typer.Exit(1)
+    approved = [e for e in waiting if e not in skip and e not in edits]
+    result = {"approved": approved, "skipped": list(skip), "edited": edits, "flow_run_id": request["flow_run_id"]}
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _err(f"approved {approved}, skipped {list(skip)}, edited {sorted(edits)}")
 
 
 def _snapshot(data_dir: Path) -> dict:

@@ -121,24 +121,89 @@ def _dispatched(db: Path) -> int:
             return 0
 
 
+def _events(db: Path) -> list[tuple[str, int | None]]:
+    """(kind, round) of every ledger event, read-only (the campaign process keeps writing)."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT kind, round FROM events ORDER BY id").fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+#: Where the campaign is killed, in order (each a predicate on the ledger's events); after the last kill a
+#: final resume runs to the end.
+KILL_POINTS = {
+    "before the first proposal (swarm)": lambda ev: ev and not any(k == "proposed" for k, _ in ev),
+    "mid-synthesis": lambda ev: ev and ev[-1][0] == "dispatched",
+    "mid-retrain": lambda ev: sum(k == "retrain_started" for k, _ in ev) > sum(k == "retrain_finished" for k, _ in ev),
+    "after a retrain, before the next proposal": lambda ev: ev and ev[-1][0] == "retrain_finished",
+    "mid-synthesis of a BoTorch round": lambda ev: ev and ev[-1][0] == "dispatched" and (ev[-1][1] or 0) >= 1,
+}
+
+
 @pytest.mark.slow
-def test_sigkill_mid_campaign_then_resume_loses_and_duplicates_nothing(tmp_path, prefect_harness):
-    config = write_config(tmp_path, budget=4)
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "campaign", "start", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[2])
+def test_sigkill_at_five_points_then_resume_loses_and_duplicates_nothing(tmp_path, prefect_harness):
+    from prefect.settings import PREFECT_API_URL
+
+    config = write_config(tmp_path, budget=6, retrain_every_rounds=1, retrain_minutes=0.1, tolerance=0.001)
+    config.write_text(config.read_text().replace("retrain_every_rounds = 0\n", ""))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the harness's API: no server start per run
     db = tmp_path / "run" / "ledger.sqlite"
-    deadline = time.monotonic() + 600
-    while _dispatched(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, "the campaign ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    command = ["campaign", "start", str(config)]
+    for point, reached in KILL_POINTS.items():
+        seen = len(_events(db))
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *command], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[2], env=env)
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            events = _events(db)
+            if len(events) > seen and reached(events):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the campaign ended before it could be killed {point}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        command = ["campaign", "resume", str(tmp_path / "run")]
     result = invoke("campaign", "resume", tmp_path / "run", "--json")
     assert result.exit_code == 0, result.stderr
-    status = json.loads(invoke("campaign", "status", tmp_path / "run", "--json").stdout)
-    assert status["duplicates"] == 0 and status["in_flight"] == 0
-    assert status["completed"] + status["failed"] + status["abandoned"] == status["proposed"]
-    assert status["state"] == "finished"
+
+    from flows.run_store import RunStore
+    from loop.ledger import Ledger
+
+    with Ledger(tmp_path / "run", create=False) as ledger:
+        status = ledger.status()
+        events = ledger.events()
+        rows = [ledger.experiment(e) for e in ledger.experiments()["experiment_id"]]
+    assert status["state"] == "finished" and status["duplicates"] == 0 and status["in_flight"] == 0
+    assert status["completed"] + status["failed"] + status["abandoned"] == status["proposed"] == 6
+    # the two mid-synthesis kills left interrupted samples: requeued, never taken as results
+    requeued = events[events["kind"] == "requeued"]
+    assert len(requeued) >= 2
+    interrupted = {json.loads(p)["sample_id"] if isinstance(p, str) else p["sample_id"] for p in requeued["payload"]}
+    assert not interrupted & {r["sample_id"] for r in rows if r["state"] == "completed"}
+    sample_ids = [s for r in rows for s in r["sample_ids"]]
+    assert len(sample_ids) == len(set(sample_ids))                  # no sample id dispatched twice
+    # the interrupted fine-tune was run again: every retrain that started also finished
+    unfinished = set()
+    for kind, rnd in zip(events["kind"], events["round"]):
+        if kind == "retrain_started":
+            unfinished.add(rnd)
+        elif kind == "retrain_finished":
+            unfinished.discard(rnd)
+    kinds = list(events["kind"])
+    assert not unfinished and kinds.count("retrain_started") == kinds.count("retrain_finished") + 1
+    store = RunStore.open(tmp_path / "run")
+    try:
+        for r in rows:
+            if r["state"] == "completed":
+                assert store.run_summary(r["run_uid"])["sample_id"] == r["sample_id"]
+                assert all(Path(p).is_file() for p in r["images"])
+        tiled_samples = {store.run_summary(uid)["sample_id"] for uid in store.runs()}
+    finally:
+        store.close()
+    assert tiled_samples <= set(sample_ids)                         # Tiled holds no run the ledger does not know
 
 
 def test_campaign_completes_under_injected_faults_and_records_them(tmp_path, prefect_harness):

@@ -1,0 +1,197 @@
+"""Closed-loop sample efficiency: experiments until a reachable target is met (issue 6's acceptance; not a test).
+
+    .venv/bin/python benchmarks/bench_campaign.py [--targets 10] [--budget 24] [--batch 4] [--model DIR]
+        [--methods morphloop,bo,random] [--seed 0] [--out DIR] [--json]
+
+Every method runs real simulated experiments through the same path as a campaign: the ``synthesize_and_image``
+plan on a RunEngine with the simulated reactor and SEM (:class:`flows.dispatch.InProcessDispatcher`), then
+``describe``'s pipeline on the two images (D50 and sphericity at 3k×, texture at 30k×). A target is met when
+every one of D50, mean sphericity and texture of one measured sample is within 5 % of the target.
+
+Targets are reachable by construction: the *measured* descriptors of one sample made at random feasible
+conditions (seeded, never shown to the methods). Methods, same targets, same budget and batch size:
+
+* ``morphloop``: the campaign flow itself (:func:`flows.campaign.run_campaign`: PSO over the surrogate for round
+  0, BoTorch over the swarm's candidates with the surrogate as prior mean afterwards, fine-tuning every 2 rounds),
+  with the dry run's settings;
+* ``bo``: BO without images: the same BoTorch proposer (GP on conditions -> measured descriptors, composite
+  objective in qLogNEI) from ``--batch`` random conditions, no surrogate, no candidate set;
+* ``random``: uniformly random feasible conditions.
+
+Reported per method: experiments to target for each target (``None`` when the budget ran out), the median with
+unmet targets counted as ``budget + 1`` (a lower bound of the truth), how many were met, wall time; and the ratios
+random/morphloop and bo/morphloop of those medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from flows.campaign import describe_images, open_campaign, run_campaign  # noqa: E402
+from flows.dispatch import DispatchError, InProcessDispatcher  # noqa: E402
+from loop.campaign_config import load_campaign_config  # noqa: E402
+from loop.config import DESCRIPTORS  # noqa: E402
+from loop.ledger import Ledger  # noqa: E402
+from loop.objective import Objective, Target  # noqa: E402
+from loop.proposer import propose_batch  # noqa: E402
+from loop.space import SearchSpace  # noqa: E402
+from models.describe import Describer  # noqa: E402
+
+TOLERANCE = 0.05
+
+
+class Lab:
+    """Simulated experiments through the RunEngine, measured with ``describe`` (a counter gives sample ids)."""
+
+    def __init__(self, lab_dir: Path, seed: int) -> None:
+        self.dispatcher = InProcessDispatcher(lab_dir, seed=seed)
+        self.describer = Describer()
+        self.count = 0
+
+    def measure(self, conditions: dict) -> dict[str, float]:
+        self.count += 1
+        for attempt in range(3):
+            try:
+                result = self.dispatcher.run(dict(conditions), f"S{self.count:05d}-{attempt}", {})
+                return describe_images(self.describer, result.images)
+            except (DispatchError, ValueError):
+                continue
+        return {k: float("nan") for k in DESCRIPTORS}
+
+
+def draw_targets(n: int, seed: int, work: Path) -> list[dict]:
+    space = SearchSpace.default()
+    lab = Lab(work / "targets", seed=seed + 7919)
+    out = []
+    for conditions in space.sample(4 * n, np.random.default_rng(10_000 + seed)):
+        d = lab.measure(conditions)
+        if all(np.isfinite(d.get(k, np.nan)) for k in ("d50_um", "sphericity_mean", "texture")):
+            out.append({"conditions": conditions, "descriptors": d})
+        if len(out) == n:
+            break
+    return out
+
+
+def _objective(target: dict) -> Objective:
+    d = target["descriptors"]
+    return Objective(Target(d["d50_um"], d["sphericity_mean"], d["texture"], tolerance=TOLERANCE))
+
+
+def _first_met(objective: Objective, measured: list[dict]) -> int | None:
+    for i, d in enumerate(measured, 1):
+        if objective.target_met({k: (np.nan if d.get(k) is None else d[k]) for k in DESCRIPTORS}):
+            return i
+    return None
+
+
+def run_random(target: dict, budget: int, batch: int, seed: int, work: Path) -> int | None:
+    lab, objective = Lab(work, seed), _objective(target)
+    measured = []
+    for conditions in SearchSpace.default().sample(budget, np.random.default_rng(seed)):
+        measured.append(lab.measure(conditions))
+        if _first_met(objective, measured[-1:]):
+            return len(measured)
+    return None
+
+
+def run_bo(target: dict, budget: int, batch: int, seed: int, work: Path) -> int | None:
+    space, lab, objective = SearchSpace.default(), Lab(work, seed), _objective(target)
+    x = space.sample(batch, np.random.default_rng(seed))
+    y = [lab.measure(c) for c in x]
+    met = _first_met(objective, y)
+    rnd = 1
+    while met is None and len(x) < budget:
+        good = [i for i, d in enumerate(y) if all(np.isfinite(d.get(k) if d.get(k) is not None else np.nan)
+                                                  for k in DESCRIPTORS)]
+        q = min(batch, budget - len(x))
+        try:
+            picks = propose_batch([x[i] for i in good], [y[i] for i in good], space, objective, q=q,
+                                  seed=seed + rnd)
+        except ValueError:
+            picks = space.sample(q, np.random.default_rng(seed + 100 + rnd))
+        for c in picks:
+            x.append(c)
+            y.append(lab.measure(c))
+        met = _first_met(objective, y)
+        rnd += 1
+    return met
+
+
+def run_morphloop(target: dict, budget: int, batch: int, seed: int, work: Path, model: str | None) -> int | None:
+    d = target["descriptors"]
+    config = load_campaign_config({
+        "name": "bench", "data_dir": str(work), "tolerance": TOLERANCE, "batch_size": batch,
+        "target": {"d50_um": d["d50_um"], "sphericity_mean": d["sphericity_mean"], "texture": d["texture"]},
+        "budget": {"experiments": budget, "hours": 2.0}, "retrain_every_rounds": 2, "retrain_minutes": 0.5,
+        "pso": {"particles": 10, "iters": 6}, "seed": seed, "surrogate_steps": 6, "images_per_condition": 2,
+        **({"model_dir": model} if model else {})})
+    campaign = open_campaign(config, surrogate_steps=config.surrogate_steps, n_images=config.images_per_condition)
+    run_campaign(campaign, retrain_minutes=config.retrain_minutes)
+    with Ledger(work, create=False) as ledger:
+        rows = [ledger.experiment(e) for e in ledger.experiments()["experiment_id"]]
+    # proposal order; every dispatched experiment counts (a failed one measured nothing)
+    measured = [r["descriptors"] if r["state"] == "completed" else {} for r in rows if r["attempts"] > 0]
+    return _first_met(_objective(target), measured)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--targets", type=int, default=10)
+    parser.add_argument("--budget", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--methods", default="morphloop,bo,random")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="Keep the campaigns' folders here (default: a temporary one).")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - {"morphloop", "bo", "random"})
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose among morphloop, bo, random")
+    root = Path(args.out or tempfile.mkdtemp(prefix="bench-campaign-"))
+    targets = draw_targets(args.targets, args.seed, root)
+    results: dict[str, dict] = {}
+    for method in methods:
+        counts, t0 = [], time.perf_counter()
+        for i, target in enumerate(targets):
+            work = root / method / f"target_{i:02d}"
+            if method == "morphloop":
+                n = run_morphloop(target, args.budget, args.batch, args.seed + i, work, args.model)
+            elif method == "bo":
+                n = run_bo(target, args.budget, args.batch, args.seed + i, work)
+            else:
+                n = run_random(target, args.budget, args.batch, args.seed + i, work)
+            counts.append(n)
+            print(f"{method} target {i}: {n if n is not None else f'not met in {args.budget}'}", file=sys.stderr)
+        capped = [args.budget + 1 if n is None else n for n in counts]
+        results[method] = {"experiments_to_target": counts, "median": float(np.median(capped)),
+                           "met": sum(n is not None for n in counts), "wall_time_s": time.perf_counter() - t0}
+    report = {"targets": [t["descriptors"] for t in targets], "budget": args.budget, "batch": args.batch,
+              "tolerance": TOLERANCE, "methods": results}
+    if "morphloop" in results:
+        base = results["morphloop"]["median"]
+        report["ratios"] = {f"{m}/morphloop": results[m]["median"] / base for m in results if m != "morphloop"}
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        for m, r in results.items():
+            print(f"{m:>10}: median {r['median']:.1f} experiments to target (unmet = budget + 1), "
+                  f"met {r['met']}/{len(targets)}, {r['wall_time_s']:.0f} s")
+        for k, v in report.get("ratios", {}).items():
+            print(f"{k}: {v:.2f}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
