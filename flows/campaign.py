@@ -408,6 +408,62 @@ def limit_reactor_concurrency(logger) -> None:
         logger.warning("could not set the 'reactor' concurrency limit: %s", exc)
 
 
+FLOW_RUNS_FILE = "prefect_flow_runs.json"
+
+
+def release_stale_reactor_slots(campaign: Campaign, logger) -> list[str]:
+    """Give back the ``reactor`` slots that this campaign's own earlier, killed flow runs still hold.
+
+    A SIGKILL leaves the killed task's slot (and its flow run "Running") on the Prefect server, and the resumed
+    campaign would wait for the reactor forever. Called after :meth:`Ledger.recover`, when nothing of this
+    campaign is in flight: slots held by task runs of the flow runs listed in ``prefect_flow_runs.json`` are
+    released (their lease revoked) and those flow runs marked Crashed. Other campaigns' slots are left alone.
+    Returns the released task run ids.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.states import Crashed
+
+    path = campaign.data_dir / FLOW_RUNS_FILE
+    ours = set(json.loads(path.read_text())) if path.is_file() else set()
+    if not ours:
+        return []
+    released = []
+    try:
+        with get_client(sync_client=True) as client:
+            holders = [str(h) for h in client.read_concurrency_limit_by_tag("reactor").active_slots]
+            for holder in holders:
+                if str(client.read_task_run(holder).flow_run_id) in ours:
+                    released.append(holder)
+            if released:
+                keep = [h for h in holders if h not in released]
+                client.reset_concurrency_limit_by_tag("reactor", slot_override=keep)
+                client.update_global_concurrency_limit("tag:reactor", GlobalConcurrencyLimitUpdate(
+                    active_slots=len(keep)))
+                logger.warning("released the reactor slot(s) of killed task runs %s", released)
+            for run_id in ours:
+                run = client.read_flow_run(run_id)
+                if run.state is not None and not run.state.is_final():
+                    client.set_flow_run_state(run_id, Crashed(message="the campaign process was killed; "
+                                                              "continued by `morphloop campaign resume`"), force=True)
+    except Exception as exc:  # an API without these endpoints: the lease expires on its own
+        logger.warning("could not release stale reactor slots: %s", exc)
+    return released
+
+
+def _record_flow_run(campaign: Campaign) -> None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None:
+        return
+    path = campaign.data_dir / FLOW_RUNS_FILE
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(runs + [str(context.flow_run.id)]))
+    tmp.replace(path)
+
+
 @flow(name="campaign")
 def run_campaign(campaign: Campaign, retrain_minutes: float = 0.5) -> dict:
     """Run rounds until the target is met or the budget is spent; returns the campaign summary."""
@@ -417,6 +473,8 @@ def run_campaign(campaign: Campaign, retrain_minutes: float = 0.5) -> dict:
     recovered = ledger.recover(config.interrupted_policy, config.max_attempts)
     if recovered["requeued"] or recovered["abandoned"]:
         logger.warning("resumed: requeued %s, abandoned %s", recovered["requeued"], recovered["abandoned"])
+    release_stale_reactor_slots(campaign, logger)
+    _record_flow_run(campaign)
     reason = None if not ledger.is_finished() else "finished earlier"
     interrupted = ledger.retrain_in_progress()
     if reason is None and interrupted is not None:  # killed mid-fine-tune: do that fine-tune again, whole
