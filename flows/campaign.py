@@ -411,14 +411,14 @@ def limit_reactor_concurrency(logger) -> None:
 FLOW_RUNS_FILE = "prefect_flow_runs.json"
 
 
-def release_stale_reactor_slots(campaign: Campaign, logger) -> list[str]:
+def release_stale_reactor_slots(campaign: Campaign, logger) -> int:
     """Give back the ``reactor`` slots that this campaign's own earlier, killed flow runs still hold.
 
     A SIGKILL leaves the killed task's slot (and its flow run "Running") on the Prefect server, and the resumed
     campaign would wait for the reactor forever. Called after :meth:`Ledger.recover`, when nothing of this
-    campaign is in flight: slots held by task runs of the flow runs listed in ``prefect_flow_runs.json`` are
-    released (their lease revoked) and those flow runs marked Crashed. Other campaigns' slots are left alone.
-    Returns the released task run ids.
+    campaign is in flight: if one of the flow runs listed in ``prefect_flow_runs.json`` never finished (it was
+    killed), the ``reactor`` limit is set back to the slots that live task runs of *other* flow runs hold, and
+    the killed flow runs are marked Crashed. Returns the number of slots released.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
@@ -427,27 +427,28 @@ def release_stale_reactor_slots(campaign: Campaign, logger) -> list[str]:
     path = campaign.data_dir / FLOW_RUNS_FILE
     ours = set(json.loads(path.read_text())) if path.is_file() else set()
     if not ours:
-        return []
-    released = []
+        return 0
     try:
         with get_client(sync_client=True) as client:
+            killed = [r for r in ours if (state := client.read_flow_run(r).state) is not None and not state.is_final()]
+            if not killed:
+                return 0
+            # a dead holder's lease may no longer be listed: count what live holders of other runs hold
             holders = [str(h) for h in client.read_concurrency_limit_by_tag("reactor").active_slots]
-            for holder in holders:
-                if str(client.read_task_run(holder).flow_run_id) in ours:
-                    released.append(holder)
+            keep = [h for h in holders if str(client.read_task_run(h).flow_run_id) not in ours]
+            active = client.read_global_concurrency_limit_by_name("tag:reactor").active_slots
+            released = max(active - len(keep), 0)
             if released:
-                keep = [h for h in holders if h not in released]
                 client.reset_concurrency_limit_by_tag("reactor", slot_override=keep)
                 client.update_global_concurrency_limit("tag:reactor", GlobalConcurrencyLimitUpdate(
                     active_slots=len(keep)))
-                logger.warning("released the reactor slot(s) of killed task runs %s", released)
-            for run_id in ours:
-                run = client.read_flow_run(run_id)
-                if run.state is not None and not run.state.is_final():
-                    client.set_flow_run_state(run_id, Crashed(message="the campaign process was killed; "
-                                                              "continued by `morphloop campaign resume`"), force=True)
+                logger.warning("released %d reactor slot(s) held by killed flow runs %s", released, killed)
+            for run_id in killed:
+                client.set_flow_run_state(run_id, Crashed(message="the campaign process was killed; continued by "
+                                                          "`morphloop campaign resume`"), force=True)
     except Exception as exc:  # an API without these endpoints: the lease expires on its own
         logger.warning("could not release stale reactor slots: %s", exc)
+        return 0
     return released
 
 
