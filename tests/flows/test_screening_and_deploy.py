@@ -10,8 +10,8 @@ import yaml
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "flows" / "deploy" / "prefect.yaml"
-CONDITIONS = [{"ph": 10.2, "naoh_wt_pct": 1.0, "nh4oh_wt_pct": 0.8}, {"ph": 11.0, "naoh_wt_pct": 2.0},
-              {"ph": 10.8, "naoh_wt_pct": 1.5, "nh4oh_wt_pct": 0.8, "temperature_c": 45.0}]
+CONDITIONS = [{"ph": ph, "naoh_wt_pct": 1.5, "nh4oh_wt_pct": 0.8, "time_min": 480.0, "temperature_c": 45.0,
+               "stir_rpm": 900.0, "atmosphere": "n2", "additive_ppm": 500.0} for ph in (10.0, 10.6, 11.2)]
 
 
 def test_every_deployment_names_a_flow_its_parameters_fit_and_the_pool():
