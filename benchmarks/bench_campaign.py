@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 n = run_random(target, args.budget, args.batch, args.seed + i, work)
             counts.append(n)
-            print(f"{method} target {i}: {n if n is not None else f'not met in {args.budget}'}", file=sys.stderr)
-        capped = [args.budget + 1 if n is None else n for n in counts]
+            budget = 1 if method == "design" else args.budget
+            print(f"{method} target {i}: {n if n is not None else f'not met in {budget}'}", file=sys.stderr)
+        capped = [(1 if method == "design" else args.budget) + 1 if n is None else n for n in counts]
         results[method] = {"experiments_to_target": counts, "median": float(np.median(capped)),
                            "met": sum(n is not None for n in counts), "wall_time_s": time.perf_counter() - t0}
     report = {"targets": [t["descriptors"] for t in targets], "budget": args.budget, "batch": args.batch,

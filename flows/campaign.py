@@ -412,13 +412,15 @@ FLOW_RUNS_FILE = "prefect_flow_runs.json"
 
 
 def release_stale_reactor_slots(campaign: Campaign, logger) -> int:
-    """Give back the ``reactor`` slots that this campaign's own earlier, killed flow runs still hold.
+    """Give back ``reactor`` slots that no live task run holds: those of killed campaigns.
 
-    A SIGKILL leaves the killed task's slot (and its flow run "Running") on the Prefect server, and the resumed
-    campaign would wait for the reactor forever. Called after :meth:`Ledger.recover`, when nothing of this
-    campaign is in flight: if one of the flow runs listed in ``prefect_flow_runs.json`` never finished (it was
-    killed), the ``reactor`` limit is set back to the slots that live task runs of *other* flow runs hold, and
-    the killed flow runs are marked Crashed. Returns the number of slots released.
+    A SIGKILL leaves the killed task's slot (and its flow run "Running") on the Prefect server; a temporary local
+    server does not repossess expired leases, so every later campaign on it would wait for the reactor forever.
+    Called at the start of each campaign flow run, after :meth:`Ledger.recover` (nothing of this campaign is in
+    flight): the limit is set back to the slots that listed (live, lease-renewing) task runs of *other* flow runs
+    hold, and this campaign's killed flow runs (``prefect_flow_runs.json``) are marked Crashed. Returns the
+    number of slots released. (A campaign that acquires the reactor in the instant between the read and the
+    reset would lose its slot count, not its experiment.)
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
@@ -426,14 +428,11 @@ def release_stale_reactor_slots(campaign: Campaign, logger) -> int:
 
     path = campaign.data_dir / FLOW_RUNS_FILE
     ours = set(json.loads(path.read_text())) if path.is_file() else set()
-    if not ours:
-        return 0
     try:
         with get_client(sync_client=True) as client:
             killed = [r for r in ours if (state := client.read_flow_run(r).state) is not None and not state.is_final()]
-            if not killed:
-                return 0
-            # a dead holder's lease may no longer be listed: count what live holders of other runs hold
+            # Live holders renew their lease and are listed; a dead holder's expired lease is not listed but its
+            # slot stays counted: keep only the listed holders of other flow runs.
             holders = [str(h) for h in client.read_concurrency_limit_by_tag("reactor").active_slots]
             keep = [h for h in holders if str(client.read_task_run(h).flow_run_id) not in ours]
             active = client.read_global_concurrency_limit_by_name("tag:reactor").active_slots
@@ -442,7 +441,8 @@ def release_stale_reactor_slots(campaign: Campaign, logger) -> int:
                 client.reset_concurrency_limit_by_tag("reactor", slot_override=keep)
                 client.update_global_concurrency_limit("tag:reactor", GlobalConcurrencyLimitUpdate(
                     active_slots=len(keep)))
-                logger.warning("released %d reactor slot(s) held by killed flow runs %s", released, killed)
+                logger.warning("released %d reactor slot(s) that no live task run holds (killed runs: %s)",
+                               released, killed or "of other campaigns")
             for run_id in killed:
                 client.set_flow_run_state(run_id, Crashed(message="the campaign process was killed; continued by "
                                                           "`morphloop campaign resume`"), force=True)
