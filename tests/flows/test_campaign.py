@@ -111,14 +111,17 @@ def test_resume_of_an_unknown_folder_is_a_clear_error(tmp_path):
     assert result.exit_code == 2 and "ledger" in result.stderr
 
 
-def _dispatched(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        try:
-            return conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'dispatched'").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
+def finished_campaign(run_dir: Path):
+    """Status, events and experiment rows of a campaign that must be finished with every experiment accounted
+    for: none in flight, none dispatched twice, each completed, failed or abandoned."""
+    from loop.ledger import Ledger
+
+    with Ledger(run_dir, create=False) as ledger:
+        status, events = ledger.status(), ledger.events()
+        rows = [ledger.experiment(e) for e in ledger.experiments()["experiment_id"]]
+    assert status["state"] == "finished" and status["duplicates"] == 0 and status["in_flight"] == 0
+    assert status["completed"] + status["failed"] + status["abandoned"] == status["proposed"]
+    return status, events, rows
 
 
 def _events(db: Path) -> list[tuple[str, int | None]]:
@@ -170,18 +173,13 @@ def test_sigkill_at_five_points_then_resume_loses_and_duplicates_nothing(tmp_pat
     assert result.exit_code == 0, result.stderr
 
     from flows.run_store import RunStore
-    from loop.ledger import Ledger
 
-    with Ledger(tmp_path / "run", create=False) as ledger:
-        status = ledger.status()
-        events = ledger.events()
-        rows = [ledger.experiment(e) for e in ledger.experiments()["experiment_id"]]
-    assert status["state"] == "finished" and status["duplicates"] == 0 and status["in_flight"] == 0
-    assert status["completed"] + status["failed"] + status["abandoned"] == status["proposed"] == 6
+    status, events, rows = finished_campaign(tmp_path / "run")
+    assert status["proposed"] == 6
     # the two mid-synthesis kills left interrupted samples: requeued, never taken as results
     requeued = events[events["kind"] == "requeued"]
     assert len(requeued) >= 2
-    interrupted = {json.loads(p)["sample_id"] if isinstance(p, str) else p["sample_id"] for p in requeued["payload"]}
+    interrupted = {p["sample_id"] for p in requeued["payload"]}
     assert not interrupted & {r["sample_id"] for r in rows if r["state"] == "completed"}
     sample_ids = [s for r in rows for s in r["sample_ids"]]
     assert len(sample_ids) == len(set(sample_ids))                  # no sample id dispatched twice
@@ -211,14 +209,7 @@ def test_campaign_completes_under_injected_faults_and_records_them(tmp_path, pre
     path.write_text(path.read_text() + "\n[devices]\nfault_rate = 0.15\n")
     result = invoke("campaign", "start", path, "--json")
     assert result.exit_code == 0, result.stderr
-    from loop.ledger import Ledger
-
-    with Ledger(tmp_path / "run", create=False) as ledger:
-        status = ledger.status()
-        events = ledger.events()
-        rows = [ledger.experiment(e) for e in ledger.experiments()["experiment_id"]]
-    assert status["state"] == "finished" and status["duplicates"] == 0 and status["in_flight"] == 0
-    assert status["completed"] + status["failed"] + status["abandoned"] == status["proposed"]
+    status, events, rows = finished_campaign(tmp_path / "run")
     assert status["failures"] > 0                                   # some device operations did fail
     failed = events[events["kind"] == "failed"]
     assert all("fault" in str(p) or "fail" in str(p) for p in failed["payload"])   # each with its reason
