@@ -8,8 +8,11 @@ plan on a RunEngine with the simulated reactor and SEM (:class:`flows.dispatch.I
 ``describe``'s pipeline on the two images (D50 and sphericity at 3k×, texture at 30k×). A target is met when
 every one of D50, mean sphericity and texture of one measured sample is within 5 % of the target.
 
-Targets are reachable by construction: the *measured* descriptors of one sample made at random feasible
-conditions (seeded, never shown to the methods). Methods, same targets, same budget and batch size:
+Targets are reachable by construction: the mean *measured* descriptors of ``--replicates`` samples made at random
+feasible conditions (seeded, never shown to the methods), so a target is the morphology those conditions give, not
+one sample's noise. Targets whose texture is below ``--min-texture`` are redrawn: there 5 % is far below the lab's
+sample-to-sample texture noise (~0.02) and no method could meet it but by luck. Methods, same targets, same budget
+and batch size:
 
 * ``morphloop``: the campaign flow itself (:func:`flows.campaign.run_campaign`: PSO over the surrogate for round
   0, BoTorch over the swarm's candidates with the surrogate as prior mean afterwards, fine-tuning every 2 rounds),
@@ -17,6 +20,8 @@ conditions (seeded, never shown to the methods). Methods, same targets, same bud
 * ``bo``: BO without images: the same BoTorch proposer (GP on conditions -> measured descriptors, composite
   objective in qLogNEI) from ``--batch`` random conditions, no surrogate, no candidate set;
 * ``random``: uniformly random feasible conditions.
+* ``oracle`` (a reference, not a method): the hidden conditions themselves, synthesised again and again; how many
+  experiments the lab's own noise takes to land within tolerance (the floor every method shares);
 * ``design`` (issue 5's acceptance, not a campaign): ``morphloop design``'s search once (PSO over the surrogate,
   ``--design-particles`` x ``--design-iters``), its best candidate synthesised once: met or not (1 experiment).
 
@@ -71,16 +76,28 @@ class Lab:
         return {k: float("nan") for k in DESCRIPTORS}
 
 
-def draw_targets(n: int, seed: int, work: Path) -> list[dict]:
+TARGET_KEYS = ("d50_um", "sphericity_mean", "texture")
+
+
+def draw_targets(n: int, seed: int, work: Path, replicates: int = 3, min_texture: float = 0.2) -> list[dict]:
+    """``n`` reachable targets: mean measured descriptors of ``replicates`` samples at hidden random conditions."""
     space = SearchSpace.default()
     lab = Lab(work / "targets", seed=seed + 7919)
     out = []
-    for conditions in space.sample(4 * n, np.random.default_rng(10_000 + seed)):
-        d = lab.measure(conditions)
-        if all(np.isfinite(d.get(k, np.nan)) for k in ("d50_um", "sphericity_mean", "texture")):
-            out.append({"conditions": conditions, "descriptors": d})
+    for conditions in space.sample(8 * n, np.random.default_rng(10_000 + seed)):
+        samples = [lab.measure(conditions) for _ in range(replicates)]
+        values = {k: [d.get(k, np.nan) for d in samples] for k in TARGET_KEYS}
+        if not all(np.all(np.isfinite(np.asarray(v, float))) for v in values.values()):
+            continue
+        mean = {k: float(np.mean(v)) for k, v in values.items()}
+        if mean["texture"] < min_texture:
+            continue
+        out.append({"conditions": conditions, "descriptors": mean,
+                    "replicate_spread": {k: float(np.std(v)) for k, v in values.items()}})
         if len(out) == n:
             break
+    if len(out) < n:
+        raise RuntimeError(f"only {len(out)} of {n} targets with texture >= {min_texture}; lower --min-texture")
     return out
 
 
@@ -103,6 +120,14 @@ def run_random(target: dict, budget: int, batch: int, seed: int, work: Path) -> 
         measured.append(lab.measure(conditions))
         if _first_met(objective, measured[-1:]):
             return len(measured)
+    return None
+
+
+def run_oracle(target: dict, budget: int, seed: int, work: Path) -> int | None:
+    lab, objective = Lab(work, seed), _objective(target)
+    for i in range(1, budget + 1):
+        if _first_met(objective, [lab.measure(target["conditions"])]):
+            return i
     return None
 
 
@@ -169,16 +194,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default="morphloop,bo,random")
     parser.add_argument("--design-particles", type=int, default=20)
     parser.add_argument("--design-iters", type=int, default=10)
+    parser.add_argument("--replicates", type=int, default=3, help="Samples averaged into each target.")
+    parser.add_argument("--min-texture", type=float, default=0.2, help="Redraw targets with a lower texture.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="Keep the campaigns' folders here (default: a temporary one).")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - {"morphloop", "bo", "random", "design"})
+    known = ("morphloop", "bo", "random", "oracle", "design")
+    unknown = sorted(set(methods) - set(known))
     if unknown:
-        parser.error(f"unknown methods {unknown}; choose among morphloop, bo, random, design")
+        parser.error(f"unknown methods {unknown}; choose among {', '.join(known)}")
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-campaign-"))
-    targets = draw_targets(args.targets, args.seed, root)
+    targets = draw_targets(args.targets, args.seed, root, args.replicates, args.min_texture)
     results: dict[str, dict] = {}
     for method in methods:
         counts, t0 = [], time.perf_counter()
@@ -188,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
                 n = run_morphloop(target, args.budget, args.batch, args.seed + i, work, args.model)
             elif method == "design":
                 n = run_design(target, args.seed + i, work, args.model, args.design_particles, args.design_iters)
+            elif method == "oracle":
+                n = run_oracle(target, args.budget, args.seed + i, work)
             elif method == "bo":
                 n = run_bo(target, args.budget, args.batch, args.seed + i, work)
             else:
@@ -198,12 +228,12 @@ def main(argv: list[str] | None = None) -> dict:
         capped = [(1 if method == "design" else args.budget) + 1 if n is None else n for n in counts]
         results[method] = {"experiments_to_target": counts, "median": float(np.median(capped)),
                            "met": sum(n is not None for n in counts), "wall_time_s": time.perf_counter() - t0}
-    report = {"targets": [t["descriptors"] for t in targets], "budget": args.budget, "batch": args.batch,
+    report = {"targets": [{k: t[k] for k in ("descriptors", "replicate_spread")} for t in targets], "budget": args.budget, "batch": args.batch,
               "tolerance": TOLERANCE, "methods": results}
     if "morphloop" in results:
         base = results["morphloop"]["median"]
         report["ratios"] = {f"{m}/morphloop": results[m]["median"] / base for m in results
-                            if m not in ("morphloop", "design")}
+                            if m not in ("morphloop", "design", "oracle")}
     if args.json:
         print(json.dumps(report, default=str))
     else:

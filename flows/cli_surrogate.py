@@ -92,10 +92,18 @@ def train(
     minutes: float = typer.Option(30.0, "--minutes", help="Training time budget (autoencoder + denoiser)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint."),
     seed: int = typer.Option(0, "--seed"),
+    init_from: Optional[Path] = typer.Option(
+        None, "--init-from", help="Start from this trained model: keep its autoencoder and continue its denoiser "
+        "for the whole budget (a warm restart of a finished run)."),
+    low_weight: float = typer.Option(
+        1.0, "--low-weight", help="Draw low-magnification tiles this many times as often as high ones."),
 ) -> None:
     """Train the surrogate from scratch as a Prefect flow (checkpoints every 100 steps)."""
     if not (minutes > 0 and math.isfinite(minutes)):
         _err(f"error: --minutes must be a positive number, got {minutes}")
+        raise typer.Exit(2)
+    if not (low_weight > 0 and math.isfinite(low_weight)):
+        _err(f"error: --low-weight must be a positive number, got {low_weight}")
         raise typer.Exit(2)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -112,7 +120,8 @@ def train(
 
         try:
             summary = train_surrogate(str(data), str(out), minutes=minutes, resume=resume, seed=seed,
-                                      progress=report)
+                                      progress=report, init_from=str(init_from) if init_from else None,
+                                      low_magnification_weight=low_weight)
         except (FileNotFoundError, ValueError) as exc:
             _err(f"error: {exc}")
             raise typer.Exit(2)

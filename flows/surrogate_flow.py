@@ -84,10 +84,13 @@ def describe_training_task(tiles: TileSet, table: pd.DataFrame, pixel_size_um: d
 
 @flow(name="surrogate-train")
 def train_surrogate(data_dir: str, out_dir: str, minutes: float = 30.0, resume: bool = False, seed: int = 0,
-                    vae_fraction: float = 0.2, progress: Callable[[str, int, float], None] | None = None) -> dict:
+                    vae_fraction: float = 0.2, progress: Callable[[str, int, float], None] | None = None,
+                    init_from: str | None = None, low_magnification_weight: float = 1.0) -> dict:
     """Train a surrogate from scratch on the training split of ``data_dir`` and save it in ``out_dir``.
 
     Checkpoints go to ``out_dir/checkpoint`` every 100 steps; ``resume=True`` continues from there.
+    ``init_from`` (a trained model folder) continues that model's denoiser for the whole budget instead (its
+    autoencoder is kept); ``low_magnification_weight`` > 1 draws low-magnification tiles more often.
     Returns the training summary (also written to ``out_dir/training_summary.json``).
     """
     t0 = time.monotonic()
@@ -101,16 +104,21 @@ def train_surrogate(data_dir: str, out_dir: str, minutes: float = 30.0, resume: 
     config = SurrogateConfig(conditions=condition_schema(), tile_px=int(tiles.tiles.shape[-1]),
                              pixel_size_um=pixel_size_um)
     described = describe_training_task(tiles, train_rows, pixel_size_um)
-    budget = TrainingBudget(vae_minutes=minutes * vae_fraction, unet_minutes=minutes * (1 - vae_fraction))
+    if init_from is not None:
+        vae_fraction = 0.0
+    budget = TrainingBudget(vae_minutes=minutes * vae_fraction, unet_minutes=minutes * (1 - vae_fraction),
+                            low_magnification_weight=low_magnification_weight)
     out = Path(out_dir)
     model, summary = train_from_scratch(config, tiles, budget, seed=seed, checkpoint_dir=out / "checkpoint",
-                                        resume=resume, progress=progress)
+                                        resume=resume, progress=progress, init_from=init_from)
     decoded = TileSet(reconstruct(model, tiles.tiles), tiles.conditions, tiles.magnifications)
     model.config.__dict__.update(calibrate_descriptors(describe_training_task(decoded, train_rows, pixel_size_um)))
+    model.config.guidance_scale = config.guidance_scale  # this release's sampling default, also on a warm start
     model.save_pretrained(out)
     described.to_json(out / TRAINING_DESCRIPTORS_FILE, orient="records", indent=1)
     summary.update({"data_dir": str(data_dir), "n_tiles": int(len(tiles.tiles)),
                     "n_conditions": int(train_rows["condition_id"].nunique()), "minutes_budget": minutes,
+                    "low_magnification_weight": low_magnification_weight,
                     "seed": seed, "wall_seconds": time.monotonic() - t0,
                     "parameters": model.parameter_count(),
                     "d50_calibration": model.config.d50_calibration,

@@ -65,6 +65,9 @@ class TrainingBudget:
     vae_crop_px: int | None = 64
     unet_lr: float = 5e-4
     checkpoint_every: int = 100
+    #: How often a low-magnification tile is drawn for the denoiser relative to a high-magnification one (>1 spends
+    #: more steps on particle size and shape, the harder half for a small model).
+    low_magnification_weight: float = 1.0
 
 
 def _augment(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -215,12 +218,17 @@ def train_denoiser(model: LatentDiffusionSurrogate, data: TileSet, budget: Train
     mean, std = encode_tiles(model, data.tiles)
     cond = torch.from_numpy(data.condition_vectors(model))
     scale = model.config.latent_scale
+    draw_p = None
+    if budget.low_magnification_weight != 1.0:
+        w = np.where(np.asarray(data.magnifications) == "low", budget.low_magnification_weight, 1.0)
+        draw_p = w / w.sum()
     model.unet.train()
     model.encoder.train()
     while not clock.done(step):
         for group in optimizer.param_groups:
             group["lr"] = _lr(base_lr, clock.progress(step))
-        idx = torch.from_numpy(rng.integers(len(mean), size=budget.batch_size))
+        idx = torch.from_numpy(rng.choice(len(mean), size=budget.batch_size, p=draw_p) if draw_p is not None
+                               else rng.integers(len(mean), size=budget.batch_size))
         latents = _augment((mean[idx] + std[idx] * torch.randn_like(std[idx])) * scale, rng)
         loss = _denoiser_step(model, latents, cond[idx], rng, model.config.condition_dropout)
         optimizer.zero_grad(set_to_none=True)
@@ -246,11 +254,16 @@ def train_denoiser(model: LatentDiffusionSurrogate, data: TileSet, budget: Train
 
 def train_from_scratch(config: SurrogateConfig, data: TileSet, budget: TrainingBudget | None = None, *,
                        seed: int = 0, checkpoint_dir: str | Path | None = None, resume: bool = False,
-                       progress: Progress | None = None) -> tuple[LatentDiffusionSurrogate, dict]:
+                       progress: Progress | None = None, init_from: str | Path | None = None,
+                       ) -> tuple[LatentDiffusionSurrogate, dict]:
     """Autoencoder, then denoiser. Returns the model and a summary (steps, final losses, seconds per phase).
 
     With ``resume`` and a checkpoint in ``checkpoint_dir``, the model, optimizer and RNG come back and the
     interrupted phase continues where it stopped (a finished autoencoder is not retrained).
+
+    With ``init_from`` (a trained model folder), training starts from that model instead of random weights: its
+    autoencoder is kept (latents keep their meaning) and its denoiser trains for the whole denoiser budget with a
+    fresh learning-rate schedule, a warm restart that continues a finished run.
     """
     budget = budget or TrainingBudget()
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -259,14 +272,20 @@ def train_from_scratch(config: SurrogateConfig, data: TileSet, budget: TrainingB
     if resume and ckpt is not None and has_checkpoint(ckpt):
         model = LatentDiffusionSurrogate.from_pretrained(ckpt)
         state = json.loads((ckpt / "training_state.json").read_text())
+    elif init_from is not None:
+        model = LatentDiffusionSurrogate.from_pretrained(init_from)
+        model.config.training_design = np.unique(model.schema.encode(data.conditions), axis=0).tolist()
+        state = {"phase": "unet-warm-start"}
     else:
         model = LatentDiffusionSurrogate(config)
         model.config.training_design = np.unique(model.schema.encode(data.conditions), axis=0).tolist()
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"initialised_from": str(init_from)} if init_from is not None else {}
     t0 = time.monotonic()
-    if state is None or state["phase"] == "vae":
+    if state is not None and state["phase"] == "unet-warm-start":
+        state = None
+    elif state is None or state["phase"] == "vae":
         vae_losses = train_autoencoder(model, data, budget, seed=seed, checkpoint_dir=ckpt, resume_state=state,
                                        progress=progress)
         summary["autoencoder"] = {"steps": len(vae_losses), "final_loss": float(np.mean(vae_losses[-20:]))}

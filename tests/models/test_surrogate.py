@@ -170,3 +170,51 @@ def test_metrics():
     x = np.linspace(0, 1, 12)[:, None]
     pred = gp_predict(x, np.column_stack([2 * x[:, 0] + 1]), np.array([[0.5]]))
     assert pred[0, 0] == pytest.approx(2.0, abs=0.1)
+
+
+def test_warm_start_keeps_the_autoencoder_and_trains_the_denoiser_for_the_whole_budget(tmp_path):
+    data = tiny_tiles(16)
+    model, _ = train_from_scratch(tiny_config(), data, TrainingBudget(vae_steps=2, unet_steps=2, batch_size=4))
+    model.save_pretrained(tmp_path / "first")
+    budget = TrainingBudget(vae_steps=50, unet_steps=3, batch_size=4, checkpoint_every=2)
+    warm, summary = train_from_scratch(tiny_config(), data, budget, checkpoint_dir=tmp_path / "ckpt",
+                                       init_from=tmp_path / "first")
+    assert summary["initialised_from"] == str(tmp_path / "first")
+    assert "autoencoder" not in summary and summary["denoiser"]["steps"] == 3
+    first = LatentDiffusionSurrogate.from_pretrained(tmp_path / "first")
+    assert all(torch.equal(first.vae.state_dict()[k], v) for k, v in warm.vae.state_dict().items())
+    assert any(not torch.equal(first.unet.state_dict()[k], v) for k, v in warm.unet.state_dict().items())
+    assert warm.config.latent_scale == first.config.latent_scale
+
+
+@pytest.mark.parametrize("weight, low_share", [(1.0, (0.35, 0.65)), (9.0, (0.8, 1.0))])
+def test_low_magnification_weight_sets_how_often_low_tiles_are_drawn(monkeypatch, weight, low_share):
+    import models.surrogate.training as training
+
+    data = tiny_tiles(16)  # half low, half high
+    model, _ = train_from_scratch(tiny_config(), data, TrainingBudget(vae_steps=1, unet_steps=1, batch_size=4))
+    drawn = []
+    real_step = training._denoiser_step
+
+    def recording_step(model, latents, cond, *args):
+        drawn.extend(cond[:, -2].tolist())  # the magnification one-hot's "low" column
+        return real_step(model, latents, cond, *args)
+
+    monkeypatch.setattr(training, "_denoiser_step", recording_step)
+    training.train_denoiser(model, data, TrainingBudget(unet_steps=20, batch_size=8, low_magnification_weight=weight),
+                            phase="weighted")
+    assert len(drawn) == 160
+    assert low_share[0] <= np.mean(drawn) <= low_share[1]
+
+
+def test_guidance_can_differ_per_magnification_and_old_configs_still_load(tmp_path):
+    torch.manual_seed(0)
+    model = LatentDiffusionSurrogate(tiny_config(guidance_scale={"low": 5.0, "high": 1.5}))
+    assert model.config.guidance_for("low") == 5.0 and model.config.guidance_for("high") == 1.5
+    default = model.generate(CONDS[:2], "low", 1, seed=3)
+    np.testing.assert_array_equal(default, model.generate(CONDS[:2], "low", 1, seed=3, guidance_scale=5.0))
+    assert np.abs(default - model.generate(CONDS[:2], "low", 1, seed=3, guidance_scale=1.5)).max() > 1e-4
+    model.save_pretrained(tmp_path / "m")
+    assert LatentDiffusionSurrogate.from_pretrained(tmp_path / "m").config.guidance_for("low") == 5.0
+    old = SurrogateConfig.from_json({**tiny_config().to_json(), "guidance_scale": 2.0})
+    assert old.guidance_for("low") == old.guidance_for("high") == 2.0
