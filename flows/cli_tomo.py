@@ -47,7 +47,7 @@ def dry_run(
         for key in ("resolution_nm", "cnr"):
             v = summary[key]
             _err(f"{key}: LQ {v['lq']:.2f}, enhanced {v['enhanced']:.2f}, HQ {v['hq']:.2f}")
-        _err(f"comparison: {summary['comparison_png']}")
+        _err(f"comparison: {summary['comparison_png']}; quality vs steps: {summary['steps_png']}")
 
 
 @tomo_app.command("enhance")

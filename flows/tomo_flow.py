@@ -27,6 +27,7 @@ from flows.tomo import (
     read_scan_file,
     reconstruct_slices,
     save_before_after,
+    save_steps_plot,
 )
 from models.indi import upsample_lq
 from models.tomo_metrics import segment_particles
@@ -66,6 +67,7 @@ def tomo_end_of_run(scan_file: str, quality: str, out_dir: str, model_dir: str |
         write_volume(out / f"{stem}_enhanced.h5", enhanced)
         mask = np.stack([segment_particles(s) for s in enhanced])
         result["enhanced"] = quantify(enhanced, mask, voxel / 2)
+        result["lq"] = quantify(upsample_lq(picked), mask, voxel / 2)  # the same particles, before enhancement
         result["png"] = str(save_before_after(out / f"{stem}_before_after.png", upsample_lq(picked[0]), enhanced[0],
                                               title=f"{stem}: centre {center:.1f} px"))
     else:
@@ -139,6 +141,7 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
     comparison = compare_qualities(lq_over_hq_field(lq_volume), hq_reference_rows(hq_volume), load_model(model_dir),
                                    steps=steps)
     images = comparison.pop("images")
+    steps_png = save_steps_plot(processed / "quality_vs_steps.png", comparison)
     png = save_before_after(processed / "comparison.png", images["lq"][0], images["enhanced"][0], images["hq"][0],
                             title=f"final state of charge {hq_final['soc']:.2f}")
     summary = {
@@ -147,7 +150,11 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
         "resolution_nm": {k: comparison[k]["resolution_nm"] for k in ("lq", "hq", "enhanced")},
         "cnr": {k: comparison[k]["cnr"] for k in ("lq", "hq", "enhanced")},
         "one_step": comparison["one_step"],
+        "by_steps": comparison["by_steps"],
+        "timepoints": [{"soc": s["soc"], "lq": s["lq"], "enhanced": s["enhanced"]} for s in scans
+                       if s["quality"] == "lq"],
         "comparison_png": str(png),
+        "steps_png": str(steps_png),
     }
     create_markdown_artifact(
         key="tomo-dry-run", description="LQ vs enhanced vs HQ",

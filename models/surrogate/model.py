@@ -63,7 +63,7 @@ class SurrogateConfig:
     sampling_steps : int
         Default solver steps of :meth:`LatentDiffusionSurrogate.generate`.
     guidance_scale : float or dict
-        Default classifier-free guidance, one value or one per magnification (``{"low": 5.0, "high": 1.5}``).
+        Default classifier-free guidance, one value or one per magnification (``{"low": 4.0, "high": 1.5}``).
         A small model under-expresses global properties (the particle size at 3k×); stronger guidance restores
         their spread across conditions, while the 30k× texture is best near 1.5 (``surrogate report`` measures both).
     training_design : list of list of float
@@ -85,7 +85,7 @@ class SurrogateConfig:
     time_scale_shift: str = "scale_shift"
     condition_dropout: float = 0.1
     sampling_steps: int = 10
-    guidance_scale: float | dict = field(default_factory=lambda: {"low": 5.0, "high": 1.5})
+    guidance_scale: float | dict = field(default_factory=lambda: {"low": 4.0, "high": 1.5})
     training_design: list[list[float]] = field(default_factory=list)
     texture_calibration: list[float] = field(default_factory=lambda: [0.0, 1.0])
     d50_calibration: list[float] = field(default_factory=lambda: [0.0, 1.0])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,4 +87,10 @@ def test_tomo_dry_run_json(tmp_path, prefect_harness):
     assert summary["cnr"]["enhanced"] > summary["cnr"]["lq"]
     lq_scans = [s for s in summary["scans"] if s["quality"] == "lq"]
     assert len(lq_scans) == 3 and lq_scans[0]["soc"] < lq_scans[-1]["soc"]
+    # every state of charge of the unseen cell is enhanced (paper 001, Table 1)
+    assert len(summary["timepoints"]) == 3
+    assert all(t["enhanced"]["cnr"] > t["lq"]["cnr"] for t in summary["timepoints"])
+    # quality against the number of steps, plotted; N = 1 is the plain-regression baseline
+    assert {"1", "8", "16"} <= set(summary["by_steps"]) and Path(summary["steps_png"]).is_file()
+    assert summary["one_step"] == summary["by_steps"]["1"]
     assert (tmp_path / "run" / "documents.jsonl").is_file()
