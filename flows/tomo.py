@@ -114,17 +114,18 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     ``steps_sweep`` (N = 1 is plain regression, paper 001's baseline).
     """
     bicubic = upsample_lq(lq_field)
-    enhanced = model.enhance(lq_field, steps=steps)
+    steps = int(steps or model.config.steps)
+    enhanced = {n: model.enhance(lq_field, steps=n) for n in sorted({*steps_sweep, steps, 1})}
     mask = np.stack([segment_particles(s) for s in hq_reference])
     voxel = HQ.voxel_nm
-    by_steps = {n: quantify(model.enhance(lq_field, steps=n), mask, voxel) for n in steps_sweep}
+    by_steps = {n: quantify(image, mask, voxel) for n, image in enhanced.items()}
     return {
         "lq": quantify(bicubic, mask, voxel),
         "hq": quantify(hq_reference, mask, voxel),
-        "enhanced": quantify(enhanced, mask, voxel),
-        "one_step": by_steps[1] if 1 in by_steps else quantify(model.enhance(lq_field, steps=1), mask, voxel),
+        "enhanced": by_steps[steps],
+        "one_step": by_steps[1],
         "by_steps": by_steps,
-        "images": {"lq": bicubic, "hq": hq_reference, "enhanced": enhanced},
+        "images": {"lq": bicubic, "hq": hq_reference, "enhanced": enhanced[steps]},
     }
 
 

@@ -67,8 +67,9 @@ def tomo_end_of_run(scan_file: str, quality: str, out_dir: str, model_dir: str |
         write_volume(out / f"{stem}_enhanced.h5", enhanced)
         mask = np.stack([segment_particles(s) for s in enhanced])
         result["enhanced"] = quantify(enhanced, mask, voxel / 2)
-        result["lq"] = quantify(upsample_lq(picked), mask, voxel / 2)  # the same particles, before enhancement
-        result["png"] = str(save_before_after(out / f"{stem}_before_after.png", upsample_lq(picked[0]), enhanced[0],
+        bicubic = upsample_lq(picked)
+        result["lq"] = quantify(bicubic, mask, voxel / 2)  # the same particles, before enhancement
+        result["png"] = str(save_before_after(out / f"{stem}_before_after.png", bicubic[0], enhanced[0],
                                               title=f"{stem}: centre {center:.1f} px"))
     else:
         mask = np.stack([segment_particles(s) for s in picked])

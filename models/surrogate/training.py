@@ -272,20 +272,16 @@ def train_from_scratch(config: SurrogateConfig, data: TileSet, budget: TrainingB
     if resume and ckpt is not None and has_checkpoint(ckpt):
         model = LatentDiffusionSurrogate.from_pretrained(ckpt)
         state = json.loads((ckpt / "training_state.json").read_text())
-    elif init_from is not None:
-        model = LatentDiffusionSurrogate.from_pretrained(init_from)
-        model.config.training_design = np.unique(model.schema.encode(data.conditions), axis=0).tolist()
-        state = {"phase": "unet-warm-start"}
     else:
-        model = LatentDiffusionSurrogate(config)
+        model = LatentDiffusionSurrogate(config) if init_from is None else LatentDiffusionSurrogate.from_pretrained(
+            init_from)
         model.config.training_design = np.unique(model.schema.encode(data.conditions), axis=0).tolist()
+    warm_start = init_from is not None and state is None  # a trained autoencoder: the denoiser phase only
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"initialised_from": str(init_from)} if init_from is not None else {}
     t0 = time.monotonic()
-    if state is not None and state["phase"] == "unet-warm-start":
-        state = None
-    elif state is None or state["phase"] == "vae":
+    if not warm_start and (state is None or state["phase"] == "vae"):
         vae_losses = train_autoencoder(model, data, budget, seed=seed, checkpoint_dir=ckpt, resume_state=state,
                                        progress=progress)
         summary["autoencoder"] = {"steps": len(vae_losses), "final_loss": float(np.mean(vae_losses[-20:]))}
