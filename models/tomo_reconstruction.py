@@ -20,11 +20,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["FILTERS", "flat_dark_correct", "find_rotation_center", "remove_rings", "filter_sinogram", "fbp",
+__all__ = ["FILTERS", "flat_dark_correct", "centre_of_mass_axis", "find_rotation_center", "remove_rings", "filter_sinogram", "fbp",
            "reconstruct", "sparse_angle_pair", "read_data_exchange"]
 
 #: Filters accepted by :func:`fbp` (names of :func:`skimage.transform.iradon`).
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann", None)
+#: Largest relative spread over angles of a projection's total line integral for which the whole sample counts as
+#: inside the field of view, so that :func:`centre_of_mass_axis` applies.
+MASS_CONSERVATION_TOLERANCE = 0.02
 #: Upsampling of the filtered sinogram used for back-projection lookups.
 _UPSAMPLE = 16
 
@@ -260,11 +263,58 @@ def _entropy(image: np.ndarray, region: np.ndarray, value_range: tuple[float, fl
     return float(-(p * np.log(p)).sum())
 
 
-def find_rotation_center(sinogram: np.ndarray, angles_deg: np.ndarray, *, search_px: float = 20.0,
-                         step_px: float = 0.5) -> float:
-    """Detector column of the rotation axis (sub-pixel) of a parallel-beam sinogram.
+def centre_of_mass_axis(sinograms: np.ndarray, angles_deg: np.ndarray) -> tuple[float, float]:
+    """Rotation axis from the centres of mass of the projections, and how well the method applies.
 
-    Two stages. (1) Coarse, from the sinogram alone: the projection at θ + 180° is the mirror image of the one at
+    In parallel beam the centre of mass of a projection moves on a sinusoid about the axis,
+    ``com(θ) = c + a cos θ + b sin θ``, as long as the whole sample stays in the field of view (then every
+    projection carries the same total line integral). ``c`` is fitted by least squares over all angles, with the
+    rows summed: every detector pixel votes, so photon noise averages out (the entropy criterion of
+    :func:`find_rotation_center` drifts by pixels on low-dose scans).
+
+    Parameters
+    ----------
+    sinograms : ndarray
+        ``n_angles x cols`` or ``rows x n_angles x cols`` line integrals.
+    angles_deg : ndarray
+        ``n_angles`` angles; they must span more than 60° for the sinusoid to be determined.
+
+    Returns
+    -------
+    centre : float
+        Axis column, in :func:`fbp`'s convention.
+    mass_spread : float
+        Relative standard deviation of the total line integral over angles: above
+        :data:`MASS_CONSERVATION_TOLERANCE` the sample leaves the field (local tomography) and ``centre`` is biased.
+    """
+    stack = np.asarray(sinograms, dtype=np.float64)
+    stack = stack[None] if stack.ndim == 2 else stack
+    if stack.ndim != 3:
+        raise ValueError(f"sinograms must be n_angles x cols or rows x n_angles x cols, got shape {stack.shape}")
+    _check_sinogram(stack[0], angles_deg)
+    angles = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    if angles.size < 3 or np.ptp(angles) <= np.deg2rad(60.0):
+        raise ValueError("centre_of_mass_axis needs at least 3 angles spanning more than 60 degrees")
+    profiles = stack.sum(axis=0)
+    mass = profiles.sum(axis=1)
+    if not np.all(mass > 0):
+        raise ValueError("centre_of_mass_axis: a projection has no positive total line integral (empty beam?)")
+    com = profiles @ np.arange(profiles.shape[1], dtype=np.float64) / mass
+    design = np.column_stack([np.ones_like(angles), np.cos(angles), np.sin(angles)])
+    coef, *_ = np.linalg.lstsq(design, com, rcond=None)
+    return float(coef[0]), float(mass.std() / mass.mean())
+
+
+def find_rotation_center(sinogram: np.ndarray, angles_deg: np.ndarray, *, search_px: float = 20.0,
+                         step_px: float = 0.5, method: str = "auto") -> float:
+    """Detector column of the rotation axis (sub-pixel) of a parallel-beam sinogram (or a stack of them).
+
+    ``method="auto"`` (default) takes :func:`centre_of_mass_axis` when the whole sample stays in the field of view
+    (total line integral constant over angles within :data:`MASS_CONSERVATION_TOLERANCE`; it is then accurate to
+    ~0.1 px even on low-dose scans) and the mirror + entropy search below otherwise (local tomography, e.g. the
+    tooth). ``"mass"`` and ``"entropy"`` force one of them.
+
+    The mirror + entropy search has two stages. (1) Coarse, from the sinogram alone: the projection at θ + 180° is the mirror image of the one at
     θ about the axis, so the axis is the column ``c`` minimising the squared difference between ``p_θ(j)`` and
     ``p_θ'(2c - j)`` over pairs of angles 180° (± 1.5 steps) apart - for a 0-180° scan the first and the last
     projection -, scanned every ``step_px`` over the middle half of the detector and refined by a parabola.
@@ -276,11 +326,23 @@ def find_rotation_center(sinogram: np.ndarray, angles_deg: np.ndarray, *, search
     least-squares parabola over ± 1.5 px. Stage 2 corrects stage 1 when its pair is a step short of 180°, and
     starts from the detector centre when no pair exists.
 
-    ``sinogram``: line integrals ``n_angles x cols`` (ring-corrected works best); ``search_px``: how far stage 2
-    may move from the coarse estimate; ``step_px``: spacing of the candidate axes. Returns the axis column in the
+    ``sinogram``: line integrals ``n_angles x cols`` or ``rows x n_angles x cols`` (ring-corrected works best; the
+    entropy search uses the middle row of a stack); ``search_px``: how far stage 2 may move from the coarse estimate; ``step_px``: spacing of the candidate axes. Returns the axis column in the
     convention of :func:`fbp`'s ``center``.
     """
-    sino, angles = _check_sinogram(sinogram, angles_deg)
+    if method not in ("auto", "mass", "entropy"):
+        raise ValueError(f"method must be 'auto', 'mass' or 'entropy', got {method!r}")
+    stack = np.asarray(sinogram)
+    if method != "entropy":
+        try:
+            centre, spread = centre_of_mass_axis(stack, angles_deg)
+        except ValueError:
+            if method == "mass":
+                raise
+        else:
+            if method == "mass" or spread <= MASS_CONSERVATION_TOLERANCE:
+                return centre
+    sino, angles = _check_sinogram(stack[len(stack) // 2] if stack.ndim == 3 else stack, angles_deg)
     cols = sino.shape[1]
     coarse = _mirror_centre(sino, angles, np.arange(cols // 4, cols - cols // 4 + step_px / 2, step_px))
     coarse = float(cols // 2) if coarse is None else coarse
@@ -319,7 +381,7 @@ def reconstruct(projections: np.ndarray, flats: np.ndarray, darks: np.ndarray, a
     """Reconstruct a volume from raw counts: flat/dark correction, optional ring removal, centre, FBP per row.
 
     ``projections`` are raw counts ``n_angles x rows x cols``, ``flats``/``darks`` ``n x rows x cols``. The axis
-    ``center`` is found on the middle row with :func:`find_rotation_center` when None; ``ring_removal`` applies
+    ``center`` is found with :func:`find_rotation_center` on all rows when None; ``ring_removal`` applies
     :func:`remove_rings` to every sinogram; ``filter_name`` and ``output_size`` go to :func:`fbp`.
 
     Returns
@@ -333,7 +395,7 @@ def reconstruct(projections: np.ndarray, flats: np.ndarray, darks: np.ndarray, a
     if ring_removal:
         sinograms = np.stack([remove_rings(s) for s in sinograms])
     if center is None:
-        center = find_rotation_center(sinograms[len(sinograms) // 2], angles_deg)
+        center = find_rotation_center(sinograms, angles_deg)
     volume = np.stack([fbp(s, angles_deg, center, filter_name=filter_name, output_size=output_size)
                        for s in sinograms])
     return volume, float(center)
