@@ -46,7 +46,17 @@ def dry_run(
     else:
         for key in ("resolution_nm", "cnr"):
             v = summary[key]
-            _err(f"{key}: LQ {v['lq']:.2f}, enhanced {v['enhanced']:.2f}, HQ {v['hq']:.2f}")
+            _err(f"HQ field, HQ's particle mask: {key}: LQ {v['lq']:.2f}, enhanced {v['enhanced']:.2f}, "
+                 f"HQ {v['hq']:.2f}")
+        f = summary["fidelity"]
+        _err("HQ field, against HQ: " + ", ".join(f"{name} PSNR {f[k]['psnr_db']:.1f} dB SSIM {f[k]['ssim']:.3f}" for
+                                                  name, k in (("LQ", "lq"), ("enhanced", "enhanced"),
+                                                              ("N = 1", "one_step"))))
+        for t in summary["timepoints"]:
+            lq, enhanced, one = t["lq"], t["enhanced"], t["one_step"]
+            _err(f"state of charge {t['soc']:.2f}, same particles: CNR LQ {lq['cnr']:.2f} -> enhanced "
+                 f"{enhanced['cnr']:.2f} (N = 1: {one['cnr']:.2f}); resolution {lq['resolution_nm']:.0f} -> "
+                 f"{enhanced['resolution_nm']:.0f} nm (N = 1: {one['resolution_nm']:.0f} nm)")
         _err(f"comparison: {summary['comparison_png']}; quality vs steps: {summary['steps_png']}")
 
 

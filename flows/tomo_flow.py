@@ -69,6 +69,8 @@ def tomo_end_of_run(scan_file: str, quality: str, out_dir: str, model_dir: str |
         result["enhanced"] = quantify(enhanced, mask, voxel / 2)
         bicubic = upsample_lq(picked)
         result["lq"] = quantify(bicubic, mask, voxel / 2)  # the same particles, before enhancement
+        # and by plain regression (N = 1), paper 001's baseline
+        result["one_step"] = quantify(load_model(model_dir).enhance(picked, steps=1), mask, voxel / 2)
         result["png"] = str(save_before_after(out / f"{stem}_before_after.png", bicubic[0], enhanced[0],
                                               title=f"{stem}: centre {center:.1f} px"))
     else:
@@ -150,9 +152,10 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
         "scans": [{k: s[k] for k in ("timepoint", "soc", "quality", "file", "center_px") if k in s} for s in scans],
         "resolution_nm": {k: comparison[k]["resolution_nm"] for k in ("lq", "hq", "enhanced")},
         "cnr": {k: comparison[k]["cnr"] for k in ("lq", "hq", "enhanced")},
+        "fidelity": {k: {m: comparison[k][m] for m in ("psnr_db", "ssim")} for k in ("lq", "enhanced", "one_step")},
         "one_step": comparison["one_step"],
         "by_steps": comparison["by_steps"],
-        "timepoints": [{"soc": s["soc"], "lq": s["lq"], "enhanced": s["enhanced"]} for s in scans
+        "timepoints": [{"soc": s["soc"], **{k: s[k] for k in ("lq", "enhanced", "one_step")}} for s in scans
                        if s["quality"] == "lq"],
         "comparison_png": str(png),
         "steps_png": str(steps_png),

@@ -15,7 +15,7 @@ from devices import beamline_sim
 from devices.beamline import (DATA_PATH, FRAME_DATASETS, RESOURCE_SPEC, AcquisitionAborted, AreaDetector, BeamMonitor,
                               HDF5FrameHandler, Potentiostat, RotationStage, SampleStage, Shutter, TomoStation)
 from devices.beamline_sim import BeamlineFaults, SimulatedBeamline, open_circuit_voltage
-from simulators.tomography import QUALITIES, BeamLoss, DetectorFault, ElectrodeCell
+from simulators.tomography import DARK_LEVEL, QUALITIES, BeamLoss, DetectorFault, ElectrodeCell
 
 
 @pytest.fixture(scope="session")
@@ -210,7 +210,7 @@ def test_frames_follow_the_station_state_and_land_in_one_referenced_hdf5_file(st
         assert f[FRAME_DATASETS["rotation_angle"]][2] == 45.0 and f["/entry"].attrs["quality"] == "lq"
     dark, flat, projection = (frame.mean() for frame in frames)
     assert dark < projection < flat  # attenuation by the sample, between the dark level and the open beam
-    assert flat == pytest.approx(QUALITIES["lq"].dose + 100.0, rel=0.05)
+    assert flat == pytest.approx(QUALITIES["lq"].dose + DARK_LEVEL, rel=0.05)  # open beam on top of the dark level
     handler = HDF5FrameHandler(path, **resource["resource_kwargs"])
     try:
         np.testing.assert_array_equal(handler(**datum["datum_kwargs"]), frames[2])

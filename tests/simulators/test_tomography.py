@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 from skimage.transform import iradon, radon
 
 from simulators.faults import LabFault
@@ -10,6 +11,7 @@ from simulators.tomography import (
     ACTIVE,
     BINDER,
     CRACK,
+    DARK_LEVEL,
     DENSE,
     HQ,
     LQ,
@@ -125,7 +127,8 @@ def test_scan_shapes_counts_and_transmission(scans):
         assert scan.truth.shape == scan.labels.shape == q.shape and scan.labels.dtype == np.uint8
         assert np.allclose(scan.angles_deg, np.arange(180.0))
         for frames in (scan.projections, scan.flats, scan.darks):
-            assert frames.min() > 0 and frames.max() < 1.2 * q.dose
+            # dark level + flat dose, with column gains and 6 sigma of photon noise
+            assert frames.min() > 0 and frames.max() < DARK_LEVEL + 1.1 * q.dose + 6 * np.sqrt(q.dose)
         cylinder = pillar_fraction(q)
         assert np.all(scan.truth[:, cylinder == 0] == 0) and scan.truth[:, cylinder == 1].min() >= 0.018
         transmission = np.exp(-line_integrals(scan.truth, scan.angles_deg, q.voxel_um))
@@ -145,13 +148,15 @@ def test_scan_is_deterministic(cell):
 
 
 def test_filtered_backprojection_recovers_the_truth(scans):
-    for name, min_r in (("hq", 0.9), ("lq", 0.7)):  # LQ: 2x voxel, low dose, blurrier optics
+    # LQ: 2x voxel, low dose, blurrier optics; its photon noise is smoothed away (sigma 1 px) before comparing
+    for name, min_r, smooth_px in (("hq", 0.9, 0.0), ("lq", 0.7, 1.0)):
         scan = scans[name]
         optical_depth = _corrected_optical_depth(scan)
         inside = pillar_mask(scan.quality)
         for row in (2, 9):
             recon = iradon(optical_depth[:, row, :].T, scan.angles_deg, circle=True, filter_name="ramp")
-            recon /= scan.quality.voxel_um
+            recon = ndi.gaussian_filter(recon, smooth_px) / scan.quality.voxel_um if smooth_px else \
+                recon / scan.quality.voxel_um
             assert np.corrcoef(recon[inside], scan.truth[row][inside])[0, 1] > min_r
             assert recon[inside].mean() == pytest.approx(scan.truth[row][inside].mean(), rel=0.1)
 
