@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["FILTERS", "flat_dark_correct", "centre_of_mass_axis", "find_rotation_center", "remove_rings", "filter_sinogram", "fbp",
-           "reconstruct", "sparse_angle_pair", "read_data_exchange"]
+__all__ = ["FILTERS", "flat_dark_correct", "centre_of_mass_axis", "find_rotation_center", "remove_rings",
+           "filter_sinogram", "fbp", "reconstruct", "sparse_angle_pair", "read_data_exchange"]
 
 #: Filters accepted by :func:`fbp` (names of :func:`skimage.transform.iradon`).
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann", None)
