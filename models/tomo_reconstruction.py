@@ -314,21 +314,22 @@ def find_rotation_center(sinogram: np.ndarray, angles_deg: np.ndarray, *, search
     ~0.1 px even on low-dose scans) and the mirror + entropy search below otherwise (local tomography, e.g. the
     tooth). ``"mass"`` and ``"entropy"`` force one of them.
 
-    The mirror + entropy search has two stages. (1) Coarse, from the sinogram alone: the projection at θ + 180° is the mirror image of the one at
-    θ about the axis, so the axis is the column ``c`` minimising the squared difference between ``p_θ(j)`` and
-    ``p_θ'(2c - j)`` over pairs of angles 180° (± 1.5 steps) apart - for a 0-180° scan the first and the last
-    projection -, scanned every ``step_px`` over the middle half of the detector and refined by a parabola.
-    (2) Fine, from reconstructions: the grey-level entropy of the FBP slice is minimal at the true axis (a
-    misplaced axis smears edges into arcs and widens the histogram; Donath et al., JOSA A 23, 1048 (2006), as
-    tomopy's ``find_center``). Slices are reconstructed every ``step_px`` within ± 1.5 px of the coarse value, the
-    window walking on (at most ``search_px`` from the coarse value) while the minimum sits at its edge; the entropy
-    is taken over one fixed disc and histogram range for all candidates, and its minimum is refined by a
-    least-squares parabola over ± 1.5 px. Stage 2 corrects stage 1 when its pair is a step short of 180°, and
-    starts from the detector centre when no pair exists.
+    The mirror + entropy search has two stages. (1) Coarse, from the sinogram alone: the projection at θ + 180° is
+    the mirror image of the one at θ about the axis, so the axis is the column ``c`` minimising the squared
+    difference between ``p_θ(j)`` and ``p_θ'(2c - j)`` over pairs of angles 180° (± 1.5 steps) apart - for a 0-180°
+    scan the first and the last projection -, scanned every ``step_px`` over the middle half of the detector and
+    refined by a parabola. (2) Fine, from reconstructions: the grey-level entropy of the FBP slice is minimal at the
+    true axis (a misplaced axis smears edges into arcs and widens the histogram; Donath et al., JOSA A 23, 1048
+    (2006), as tomopy's ``find_center``). Slices are reconstructed every ``step_px`` within ± 1.5 px of the coarse
+    value, the window walking on (at most ``search_px`` from the coarse value) while the minimum sits at its edge;
+    the entropy is taken over one fixed disc and histogram range for all candidates, and its minimum is refined by a
+    least-squares parabola over ± 1.5 px. Stage 2 corrects stage 1 when its pair is a step short of 180°, and starts
+    from the detector centre when no pair exists.
 
     ``sinogram``: line integrals ``n_angles x cols`` or ``rows x n_angles x cols`` (ring-corrected works best; the
-    entropy search uses the middle row of a stack); ``search_px``: how far stage 2 may move from the coarse estimate; ``step_px``: spacing of the candidate axes. Returns the axis column in the
-    convention of :func:`fbp`'s ``center``.
+    entropy search uses the middle row of a stack); ``search_px``: how far stage 2 may move from the coarse
+    estimate; ``step_px``: spacing of the candidate axes. Returns the axis column in the convention of
+    :func:`fbp`'s ``center``.
     """
     if method not in ("auto", "mass", "entropy"):
         raise ValueError(f"method must be 'auto', 'mass' or 'entropy', got {method!r}")

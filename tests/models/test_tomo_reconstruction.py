@@ -16,8 +16,8 @@ from skimage.transform import iradon, radon, resize
 
 from models.tomo_metrics import cnr, segment_particles
 from models.tomo_reconstruction import (
-    _entropy, centre_of_mass_axis, fbp, find_rotation_center, flat_dark_correct, read_data_exchange, reconstruct, remove_rings,
-    sparse_angle_pair,
+    _entropy, centre_of_mass_axis, fbp, find_rotation_center, flat_dark_correct, read_data_exchange, reconstruct,
+    remove_rings, sparse_angle_pair,
 )
 
 TOOTH = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real_tomo_tooth" / "tooth.h5"
