@@ -238,7 +238,7 @@ def train_denoiser(model: LatentDiffusionSurrogate, data: TileSet, budget: Train
         step += 1
         losses.append(loss.item())
         if progress is not None:
-            progress(phase, step, float(loss))
+            progress(phase, step, losses[-1])
         if step % budget.checkpoint_every == 0:
             _checkpoint(checkpoint_dir, model, optimizer, {"phase": phase, "step": step, "losses": losses,
                                                            "elapsed_s": clock.elapsed,
