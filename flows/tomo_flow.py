@@ -41,8 +41,10 @@ def reconstruct_task(scan_file: str, quality: str) -> tuple[np.ndarray, float]:
 
 
 @task(name="enhance")
-def enhance_task(volume: np.ndarray, model_dir: str | None, steps: int) -> np.ndarray:
-    return load_model(model_dir).enhance(volume, steps=steps)
+def enhance_task(volume: np.ndarray, model_dir: str | None, steps: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """The volume enhanced at each number of InDI steps (the model loaded once)."""
+    model = load_model(model_dir)
+    return {n: model.enhance(volume, steps=n) for n in steps}
 
 
 @flow(name="tomo-end-of-run")
@@ -63,14 +65,15 @@ def tomo_end_of_run(scan_file: str, quality: str, out_dir: str, model_dir: str |
     picked = volume[max(middle - rows // 2, 0): middle - rows // 2 + rows]
     result: dict[str, Any] = {"scan": scan_file, "quality": quality, "center_px": center}
     if quality == "lq":
-        enhanced = enhance_task(picked, model_dir, steps)
+        by_steps = enhance_task(picked, model_dir, (steps, 1))
+        enhanced = by_steps[steps]
         write_volume(out / f"{stem}_enhanced.h5", enhanced)
         mask = np.stack([segment_particles(s) for s in enhanced])
         result["enhanced"] = quantify(enhanced, mask, voxel / 2)
         bicubic = upsample_lq(picked)
         result["lq"] = quantify(bicubic, mask, voxel / 2)  # the same particles, before enhancement
         # and by plain regression (N = 1), paper 001's baseline
-        result["one_step"] = quantify(load_model(model_dir).enhance(picked, steps=1), mask, voxel / 2)
+        result["one_step"] = quantify(by_steps[1], mask, voxel / 2)
         result["png"] = str(save_before_after(out / f"{stem}_before_after.png", bicubic[0], enhanced[0],
                                               title=f"{stem}: centre {center:.1f} px"))
     else:
