@@ -1,13 +1,10 @@
 """Checks on real SEM images with hand-drawn outlines (../shared/data/real_sem_ampis, see its README).
 
 Bars (issue): number D50 within ±8 % and median sphericity within ±0.05 of the manual values with the default
-segmenter. The sphericity bar holds. The D50 bar does not yet. Diagnosis (matching our particles to the manual
-ones by IoU): matched particles agree in diameter within 1.5 %, but 25-30 % of the manual particles, median
-~20 px, are dim particles lying beside or half behind bright ones; the distance-transform watershed keeps them
-merged with the bright neighbour (the silhouette has no neck), so the number median comes out 34-74 % high
-(figures in benchmarks/bench_describe.py --real). Splitting them needs an intensity cue (a dim region inside a
-bright object's silhouette), not a shape cue. That test is marked xfail (strict) so it turns red the day the
-bar is reached and the marker must go.
+segmenter. 25-30 % of the manual particles (median ~20 px) are dim particles lying beside or half behind bright
+ones; the distance-transform watershed alone keeps them merged with the bright neighbour (no neck), which put the
+number median 34-74 % high. The intensity split (models.segmentation.split_dim_neighbours) separates them; the
+figures per image are printed by ``benchmarks/bench_describe.py --real``.
 """
 from __future__ import annotations
 
@@ -43,6 +40,5 @@ def test_real_median_sphericity_within_005(measured):
     assert measured.median_sphericity_error.abs().max() <= 0.05, measured.to_string()
 
 
-@pytest.mark.xfail(strict=True, reason="dim particles beside bright ones stay merged: D50 +34..+74 %")
 def test_real_number_d50_within_8_percent(measured):
     assert measured.d50_rel_error.abs().max() <= 0.08, measured.to_string()

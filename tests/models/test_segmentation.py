@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from models.segmentation import fill_holes, segment_watershed
+from models.segmentation import WatershedConfig, fill_holes, segment_watershed
 
 
 def _ring_of_discs(n: int = 12, ring_radius: float = 120, disc_radius: float = 34, size: int = 400):
@@ -37,3 +37,33 @@ def test_fill_holes_keeps_dark_enclosed_background_but_fills_particle_cores():
     assert not filled[30, 30]
     assert filled[30, 90]
     assert fill_holes(mask)[30, 30]  # without an image every hole is filled
+
+
+def _disc_scene(size: int = 200, *, behind_level: float | None = 0.3, front_level: float = 0.8,
+                shading: bool = False) -> np.ndarray:
+    """A bright disc (r 50) with, optionally, a dimmer disc (r 22) half hidden behind its right side."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    image = np.full((size, size), 0.05, np.float32)
+    if behind_level is not None:
+        image[(yy - 100) ** 2 + (xx - 160) ** 2 <= 22**2] = behind_level
+    front = (yy - 100) ** 2 + (xx - 95) ** 2 <= 50**2
+    # optional smooth shading: the left side of the front disc darkens gradually (no edge)
+    level = front_level * (np.clip((xx - 45) / 100, 0, 1) * 0.7 + 0.3 if shading else 1.0)
+    image[front] = np.broadcast_to(level, image.shape)[front]
+    rng = np.random.default_rng(1)
+    return ndi.gaussian_filter(image, 1.0) + rng.normal(0, 0.01, image.shape).astype(np.float32)
+
+
+def test_dim_particle_behind_a_bright_one_gets_its_own_label():
+    labels = segment_watershed(_disc_scene())
+    front, behind = labels[100, 95], labels[100, 172]
+    assert front > 0 and behind > 0 and front != behind
+    # the particle behind keeps its visible part: about the area of the disc outside the front one
+    assert 700 < (labels == behind).sum() < 1500
+    merged = segment_watershed(_disc_scene(), WatershedConfig(split_dim=False))
+    assert merged[100, 95] == merged[100, 172], "the scene should defeat the shape-only watershed"
+
+
+def test_a_gradually_shaded_particle_is_not_split():
+    labels = segment_watershed(_disc_scene(behind_level=None, shading=True))
+    assert len(np.unique(labels[labels > 0])) == 1
