@@ -83,6 +83,9 @@ def describe(
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-particle table to this CSV file."),
     overlay: Optional[Path] = typer.Option(
         None, "--overlay", help="Write PNG overlays (outlines coloured by sphericity) into this directory."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1,
+        help="Images described at once, in worker processes. Default: one per CPU core (1 with --segmenter sam)."),
 ) -> None:
     """Quantify morphology: D50 and sphericity of secondary particles, texture of primary particles.
 
@@ -92,7 +95,7 @@ def describe(
     import pandas as pd
     from rich.progress import Progress
 
-    from models.describe import JSON_KEYS, DescribeError, DescribeOptions, Describer
+    from models.describe import JSON_KEYS, DescribeError, DescribeOptions, Describer, default_workers, describe_files
     from models.imageio import ImageInputError, validate_pixel_size
 
     try:
@@ -109,7 +112,7 @@ def describe(
     options = DescribeOptions(kind=kind.value, segmenter=segmenter.value,
                               sam_checkpoint=str(sam_checkpoint) if sam_checkpoint else None)
     try:
-        describer = Describer(options)
+        Describer(options)  # validates the options before any image
     except DescribeError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2)
@@ -122,12 +125,14 @@ def describe(
 
         bad_flag_errors = (SamCheckpointError,)
 
+    n_workers = workers or default_workers(options, len(images))
     tables, failures, overlay_failures, used_overlay_names = [], 0, 0, set()
     with Progress(console=_stderr_console(), transient=True, disable=len(images) < 2) as progress:
         task = progress.add_task("describing", total=len(images))
-        for path in images:
+        for path, result in describe_files(images, pixel_size_um, options, workers=n_workers):
             try:
-                result = describer.describe(path, pixel_size_um)
+                if isinstance(result, BaseException):
+                    raise result
             except bad_flag_errors as exc:
                 _err(f"error: --sam-checkpoint: {exc}")
                 raise typer.Exit(2)

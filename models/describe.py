@@ -6,6 +6,9 @@ primary-particle texture. ``kind="auto"`` decides by pixel size: frames finer th
 """
 from __future__ import annotations
 
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -151,3 +154,85 @@ def describe_image(path: str | Path, pixel_size_um: float | None = None,
     """Describe one image file with default or given options (convenience for :class:`Describer`)."""
     validate_pixel_size(pixel_size_um)
     return Describer(options).describe(path, pixel_size_um)
+
+
+# ------------------------------------------------------------------------------------ many files at once
+_worker_describer: Describer | None = None
+
+
+def _start_worker(options: DescribeOptions) -> None:
+    """Pool initializer: one :class:`Describer` per worker, and one BLAS thread (the workers fill the cores)."""
+    global _worker_describer
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    _worker_describer = Describer(options)
+
+
+def _describe_in_worker(path: str, pixel_size_um: float | None) -> ImageDescription:
+    assert _worker_describer is not None, "worker not initialised"
+    return _worker_describer.describe(path, pixel_size_um)
+
+
+def default_workers(options: DescribeOptions, n_images: int) -> int:
+    """Worker processes for ``n_images``: one per core for the watershed segmenter; one for SAM (torch
+    already spreads one model over the cores, and each worker would load its own copy)."""
+    if options.segmenter == "sam" or n_images < 2:
+        return 1
+    return max(1, min(os.cpu_count() or 1, n_images))
+
+
+def describe_files(paths: Sequence[str | Path], pixel_size_um: float | None = None,
+                   options: DescribeOptions | None = None, workers: int = 1
+                   ) -> Iterator[tuple[str, ImageDescription | BaseException]]:
+    """Describe ``paths`` in order, ``workers`` images at a time; yields ``(path, description or error)``.
+
+    An image that fails yields its exception and the others go on. With ``workers > 1`` the images are
+    described in worker processes, at most ``2 * workers`` ahead of the consumer (bounded memory). Should a
+    worker die (e.g. out of memory on a huge frame), that image yields the error and the rest are described
+    in this process.
+
+    Raises
+    ------
+    DescribeError
+        When ``options`` themselves are invalid (before any image).
+    """
+    options = options or DescribeOptions()
+    describer = Describer(options)  # validates the options once, here, rather than in every worker
+    paths = [str(p) for p in paths]
+    if workers <= 1 or len(paths) < 2:
+        for path in paths:
+            yield path, _describe_or_error(describer, path, pixel_size_um)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending: deque = deque()
+    next_index = 0
+    with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(options,)) as pool:
+        while next_index < len(paths) or pending:
+            while next_index < len(paths) and len(pending) < 2 * workers:
+                path = paths[next_index]
+                pending.append((path, pool.submit(_describe_in_worker, path, pixel_size_um)))
+                next_index += 1
+            path, future = pending.popleft()
+            try:
+                yield path, future.result()
+            except BrokenProcessPool as exc:
+                yield path, RuntimeError(f"the worker process describing it died ({exc}); "
+                                         "try again with --workers 1")
+                for path, _ in pending:
+                    yield path, _describe_or_error(describer, path, pixel_size_um)
+                for path in paths[next_index:]:
+                    yield path, _describe_or_error(describer, path, pixel_size_um)
+                return
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, the batch goes on
+                yield path, exc
+
+
+def _describe_or_error(describer: Describer, path: str, pixel_size_um: float | None
+                       ) -> ImageDescription | BaseException:
+    try:
+        return describer.describe(path, pixel_size_um)
+    except Exception as exc:  # noqa: BLE001 - handed to the caller, the batch goes on
+        return exc
