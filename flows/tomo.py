@@ -29,6 +29,8 @@ from simulators.tomography import HQ, LQ, QUALITIES, hq_region_in_lq, pillar_mas
 PROJECTION, FLAT, DARK = 0, 1, 2
 #: The InDI model shipped with the project (``morphloop indi train`` reproduces it; see the README).
 DEFAULT_INDI_MODEL = Path(__file__).resolve().parents[1] / "models" / "weights" / "indi"
+#: InDI trained on a real pair: the top half of tomopy's tooth scan, row 0 (``morphloop tomo real-pair``; README).
+TOOTH_INDI_MODEL = DEFAULT_INDI_MODEL.parent / "indi_tooth"
 
 
 @dataclass
@@ -107,20 +109,22 @@ STEPS_SWEEP = (1, 2, 4, 6, 8, 10, 12, 16)
 
 
 def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InDIModel,
-                      steps: int | None = None, steps_sweep: tuple[int, ...] = STEPS_SWEEP) -> dict[str, Any]:
+                      steps: int | None = None, steps_sweep: tuple[int, ...] = STEPS_SWEEP,
+                      voxel_nm: float | None = None) -> dict[str, Any]:
     """LQ (bicubic 2×), enhanced and HQ slices over the HQ field, measured with the HQ particle mask.
 
     Using one mask (segmented on the HQ reference) for all three keeps the comparison about the images,
     not about three segmentations. LQ and enhanced slices also get ``psnr_db`` and ``ssim`` against HQ (after a
     sub-pixel registration): fidelity, which sharpness and CNR alone do not show (a model can draw crisp,
     clean particles in the wrong shape). ``by_steps`` measures the enhancement at each number of InDI steps of
-    ``steps_sweep`` (N = 1 is plain regression, paper 001's baseline).
+    ``steps_sweep`` (N = 1 is plain regression, paper 001's baseline). ``voxel_nm``: the HQ voxel (default: the
+    simulated HQ scan's).
     """
     bicubic = upsample_lq(lq_field)
     steps = int(steps or model.config.steps)
     enhanced = {n: model.enhance(lq_field, steps=n) for n in sorted({*steps_sweep, steps, 1})}
     mask = np.stack([segment_particles(s) for s in hq_reference])
-    voxel = HQ.voxel_nm
+    voxel = HQ.voxel_nm if voxel_nm is None else voxel_nm
     # fidelity to HQ: the LQ-derived slices moved onto HQ by the (sub-pixel) shift found on the bicubic slices
     _, shift = register_lq_to_hq(bicubic, hq_reference)
     data_range = float(hq_reference.max() - hq_reference.min())
@@ -141,7 +145,9 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     }
 
 
-def save_steps_plot(path: Path, comparison: dict[str, Any]) -> Path:
+def save_steps_plot(path: Path, comparison: dict[str, Any],
+                    title: str = "Enhancement quality vs number of steps (final state of charge, HQ field of view)",
+                    resolution_label: str = "edge resolution (nm, lower is sharper)") -> Path:
     """Resolution, CNR and SSIM (against HQ) of the enhanced slices against the number of InDI steps, with LQ and
     HQ as lines."""
     import matplotlib
@@ -151,7 +157,7 @@ def save_steps_plot(path: Path, comparison: dict[str, Any]) -> Path:
 
     steps = sorted(comparison["by_steps"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, key, label in ((axes[0], "resolution_nm", "edge resolution (nm, lower is sharper)"),
+    for ax, key, label in ((axes[0], "resolution_nm", resolution_label),
                            (axes[1], "cnr", "CNR"), (axes[2], "ssim", "SSIM against HQ")):
         ax.plot(steps, [comparison["by_steps"][n][key] for n in steps], "o-", color="tab:orange", label="InDI")
         ax.axhline(comparison["lq"][key], color="tab:blue", ls="--", label="LQ (bicubic)")
@@ -161,7 +167,7 @@ def save_steps_plot(path: Path, comparison: dict[str, Any]) -> Path:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Enhancement quality vs number of steps (final state of charge, HQ field of view)")
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

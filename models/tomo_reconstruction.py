@@ -403,22 +403,38 @@ def reconstruct(projections: np.ndarray, flats: np.ndarray, darks: np.ndarray, a
 
 
 def sparse_angle_pair(projections: np.ndarray, flats: np.ndarray, darks: np.ndarray, angles_deg: np.ndarray,
-                      step: int = 4, *, row: int | None = None,
-                      center: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      step: int = 4, *, row: int | None = None, center: float | None = None,
+                      bin_factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """A real low/high-quality pair: one slice from every ``step``-th angle and from all angles (same centre).
 
-    Returns ``(lq_slice, hq_slice)``, float32 ``cols x cols``: sparse-angle (streaky) and full-angle slices of
-    detector row ``row`` (default: the middle one), ring-corrected; the centre is found on the full scan if None.
+    Returns ``(lq_slice, hq_slice)``, float32: the sparse-angle (streaky) slice and the full-angle
+    ``cols x cols`` slice of detector row ``row`` (default: the middle one), ring-corrected; the centre is found
+    on the full scan if None. With ``bin_factor`` b > 1 the LQ is also reconstructed from detector columns
+    averaged b at a time, on a grid b times coarser (``cols/b`` square; values per HQ pixel, as the HQ's): the
+    LQ of paper 001, with a larger voxel as well as fewer projections (b = 2 is what
+    :class:`~models.indi.InDIModel` enhances).
     """
     if step < 2:
         raise ValueError(f"step must be >= 2 to make a sparse-angle scan, got {step}")
+    if bin_factor < 1:
+        raise ValueError(f"bin_factor must be >= 1, got {bin_factor}")
     proj = np.asarray(projections)
     row = proj.shape[1] // 2 if row is None else row
+    if not 0 <= row < proj.shape[1]:
+        raise ValueError(f"row {row} is outside the detector's {proj.shape[1]} rows")
     one = (slice(None), slice(row, row + 1))
     sino = remove_rings(flat_dark_correct(proj[one], np.asarray(flats)[one], np.asarray(darks)[one])[:, 0])
     angles = np.asarray(angles_deg, dtype=np.float64)
     center = find_rotation_center(sino, angles) if center is None else center
-    return fbp(sino[::step], angles[::step], center), fbp(sino, angles, center)
+    hq = fbp(sino, angles, center)
+    if bin_factor == 1:
+        return fbp(sino[::step], angles[::step], center), hq
+    cols = sino.shape[1] // bin_factor * bin_factor
+    binned = sino[:, :cols].reshape(sino.shape[0], -1, bin_factor).mean(axis=2)
+    # binned column j covers full columns b j .. b j + b - 1, whose centre is b j + (b - 1) / 2
+    lq = fbp(binned[::step], angles[::step], (center - (bin_factor - 1) / 2) / bin_factor)
+    # FBP gives attenuation per pixel: per HQ pixel, as the HQ slice, the LQ value is 1/b of it
+    return (lq / bin_factor).astype(np.float32), hq
 
 
 #: Dataset paths of the APS data-exchange layout read by :func:`read_data_exchange`.

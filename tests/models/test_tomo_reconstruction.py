@@ -213,3 +213,17 @@ def test_tooth_volume_and_sparse_angle_pair(tooth):
     mask = segment_particles(hq)
     fov = np.hypot(*np.ogrid[-320:320, -320:320]) < 290
     assert cnr(lq, mask, ~mask & fov) < 0.8 * cnr(hq, mask, ~mask & fov)    # streaks: a real low-quality scan
+
+
+@needs_tooth
+def test_binned_sparse_angle_pair_is_half_the_grid_in_the_hq_units(tooth):
+    lq, hq = sparse_angle_pair(tooth["projections"], tooth["flats"], tooth["darks"], tooth["angles_deg"], step=4,
+                               row=1, center=TOOTH_CENTRE, bin_factor=2)
+    assert lq.shape == (320, 320) and hq.shape == (640, 640)
+    binned_hq = hq.reshape(320, 2, 320, 2).mean(axis=(1, 3))
+    # same place (the axis maps onto the binned detector) and same units (attenuation per HQ pixel)
+    assert np.corrcoef(lq.ravel(), binned_hq.ravel())[0, 1] > 0.8
+    inside = segment_particles(binned_hq)
+    assert np.median(lq[inside]) == pytest.approx(np.median(binned_hq[inside]), rel=0.1)
+    with pytest.raises(ValueError, match="bin_factor"):
+        sparse_angle_pair(tooth["projections"], tooth["flats"], tooth["darks"], tooth["angles_deg"], bin_factor=0)
