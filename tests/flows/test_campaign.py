@@ -11,14 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from flows.cli import app
+from cli_runner import invoke
 
-try:
-    RUNNER = CliRunner(mix_stderr=False)
-except TypeError:  # click >= 8.2 always keeps stderr apart
-    RUNNER = CliRunner()
 
 TINY = """
 name = "t"
@@ -39,12 +34,6 @@ hours = 1.0
 particles = 4
 iters = 2
 """
-
-
-def invoke(*args):
-    result = RUNNER.invoke(app, list(map(str, args)))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def write_config(tmp_path: Path, budget: int = 4, **extra) -> Path:

@@ -6,27 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from flows.cli import app
+from cli_runner import invoke
 from flows.simulate import DOCUMENTS_FILE, parse_conditions
 from simulators.conditions import ConditionError
-
-try:
-    RUNNER = CliRunner(mix_stderr=False)
-except TypeError:  # click >= 8.2 always keeps stderr apart
-    RUNNER = CliRunner()
 
 HIGH_TEXTURE = {"ph": 10.0, "naoh_wt_pct": 2.0, "nh4oh_wt_pct": 0.6}  # NaOH/NH4OH 3.33, pH 10
 LOW_TEXTURE = {"ph": 11.0, "naoh_wt_pct": 0.3, "nh4oh_wt_pct": 2.0}  # NaOH/NH4OH 0.15, pH 11
 WITH_O2 = {**HIGH_TEXTURE, "atmosphere": "air"}
 RECORD_KEYS = ["sample_id", "conditions", "images", "pixel_size_um", "truth"]
-
-
-def invoke(*args: str):
-    result = RUNNER.invoke(app, list(map(str, args)))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,10 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from typer.testing import CliRunner
 
-from flows.cli import app
+from cli_runner import invoke
 from models.surrogate.model import DEFAULT_MODEL_DIR, LatentDiffusionSurrogate
 from simulators.conditions import DEFAULT_CONDITIONS
-
-try:
-    RUNNER = CliRunner(mix_stderr=False)
-except TypeError:  # click >= 8.2 always keeps stderr apart
-    RUNNER = CliRunner()
-
-
-def invoke(*args):
-    result = RUNNER.invoke(app, list(map(str, args)))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from typer.testing import CliRunner
 
-from flows.cli import app
+from cli_runner import invoke
 from flows.tomo import DEFAULT_INDI_MODEL
 from models.volume_io import read_volume
-
-try:
-    RUNNER = CliRunner(mix_stderr=False)
-except TypeError:  # click >= 8.2 always keeps stderr apart
-    RUNNER = CliRunner()
-
-
-def invoke(*args):
-    result = RUNNER.invoke(app, list(map(str, args)))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def disks(rng, size, n=12):

@@ -11,25 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from flows.cli import app
+from cli_runner import invoke
 from flows.tomo import TOOTH_INDI_MODEL
 from models.volume_io import read_volume
 
 TOOTH = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real_tomo_tooth" / "tooth.h5"
 pytestmark = pytest.mark.skipif(not TOOTH.is_file(), reason=f"real tooth scan not found at {TOOTH}")
-
-try:
-    RUNNER = CliRunner(mix_stderr=False)
-except TypeError:  # click >= 8.2 always keeps stderr apart
-    RUNNER = CliRunner()
-
-
-def invoke(*args):
-    result = RUNNER.invoke(app, list(map(str, args)))
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 @pytest.fixture(scope="module")
