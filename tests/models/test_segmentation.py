@@ -67,3 +67,20 @@ def test_dim_particle_behind_a_bright_one_gets_its_own_label():
 def test_a_gradually_shaded_particle_is_not_split():
     labels = segment_watershed(_disc_scene(behind_level=None, shading=True))
     assert len(np.unique(labels[labels > 0])) == 1
+
+
+def test_h_maxima_by_levels_matches_skimage_on_distance_reliefs():
+    from skimage.morphology import h_maxima
+
+    from models.segmentation import h_maxima_by_levels
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:120, :160]
+    for _ in range(5):
+        blobs = np.zeros((120, 160), bool)
+        for cy, cx, r in zip(rng.uniform(30, 90, 3), rng.uniform(30, 130, 3), rng.uniform(12, 30, 3)):
+            blobs |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+        relief = np.log1p(ndi.gaussian_filter(ndi.distance_transform_edt(blobs), 1.0))
+        local_maxima = (relief >= ndi.maximum_filter(relief, size=3)) & blobs
+        for h in (0.1, 0.36, 0.8):
+            assert (h_maxima_by_levels(relief, local_maxima, h) == h_maxima(relief, h).astype(bool)).all()
