@@ -1,6 +1,6 @@
 """Benchmarks of ``morphloop describe`` (speed and quality; not tests).
 
-    .venv/bin/python benchmarks/bench_describe.py [--images 8] [--real]
+    .venv/bin/python benchmarks/bench_describe.py [--images 8] [--real] [--dim-grid]
 
 Speed, each as a ratio against a baseline measured in the same run:
 * particle images/s on 1024² synthetic fields (TIFF files) with the default (watershed) segmenter; goal ≥ 5/s on
@@ -86,11 +86,51 @@ def bench_real() -> None:
               f"({r.particles.sphericity.median() - t.median_sphericity_interior:+.3f})")
 
 
+def bench_dim_grid() -> None:
+    """Sensitivity of the AMPIS number D50 to the dim-split thresholds (a 3 x 3 x 3 grid around the defaults)."""
+    import dataclasses
+    import itertools
+
+    import pandas as pd
+    from PIL import Image
+
+    from models.particles import measure_particles, size_statistics
+    from models.segmentation import WatershedConfig, foreground_mask, split_dim_neighbours, split_touching
+
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_sem_ampis"
+    if not data.is_dir():
+        print(f"real data absent ({data}); skipped")
+        return
+    truth = pd.read_csv(data / "truth" / "summary.csv").set_index("image")
+    base = WatershedConfig()
+    frames = []
+    for image in sorted((data / "images").glob("*.png")):
+        pixels = np.asarray(Image.open(image).convert("L"), np.float32) / 255.0
+        frames.append((image.name, pixels, split_touching(foreground_mask(pixels, base), base)))
+    worst_per_point = []
+    for ratio, outline, contrast in itertools.product((0.65, 0.70, 0.75), (0.30, 0.35, 0.40), (0.07, 0.08, 0.09)):
+        config = dataclasses.replace(base, dim_ratio=ratio, dim_min_outline_fraction=outline,
+                                     dim_min_edge_contrast=contrast)
+        errors = [size_statistics(measure_particles(split_dim_neighbours(pixels, labels, config), 1.0))["d50_um"]
+                  / truth.loc[name].D50_number_px_interior - 1 for name, pixels, labels in frames]
+        worst_per_point.append(max(map(abs, errors)))
+        print(f"dim grid ratio {ratio:.2f} outline {outline:.2f} contrast {contrast:.2f}: D50 errors "
+              + " ".join(f"{e:+.1%}" for e in errors))
+    within = sum(w <= 0.08 for w in worst_per_point)
+    print(f"dim grid: {within}/{len(worst_per_point)} points hold all four images within ±8 %; "
+          f"worst {max(worst_per_point):.1%}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--real", action="store_true", help="also report the real AMPIS figures")
+    parser.add_argument("--dim-grid", action="store_true",
+                        help="only the AMPIS D50 over a grid of the dim-split thresholds")
     args = parser.parse_args()
+    if args.dim_grid:
+        bench_dim_grid()
+        raise SystemExit(0)
     bench_texture()
     bench_particles(args.images)
     if args.real:
