@@ -67,16 +67,23 @@ def bench_texture(n_rois: int = 256) -> None:
           f"ratio {batched / baseline:.2f}x; goal 200 ROI/s")
 
 
-def bench_real() -> None:
+def _ampis():
+    """The AMPIS images (sorted) and their manual summary table, or None (with a message) when absent."""
     import pandas as pd
 
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_sem_ampis"
     if not data.is_dir():
         print(f"real data absent ({data}); skipped")
+        return None
+    return sorted((data / "images").glob("*.png")), pd.read_csv(data / "truth" / "summary.csv").set_index("image")
+
+
+def bench_real() -> None:
+    if (ampis := _ampis()) is None:
         return
-    truth = pd.read_csv(data / "truth" / "summary.csv").set_index("image")
+    images, truth = ampis
     describer = Describer()
-    for image in sorted((data / "images").glob("*.png")):
+    for image in images:
         r = describer.describe(image, 1.0)
         t = truth.loc[image.name]
         print(f"real {image.name}: n {r.descriptors['n_particles']}/{t.n_not_touching_border}  "
@@ -91,21 +98,17 @@ def bench_dim_grid() -> None:
     import dataclasses
     import itertools
 
-    import pandas as pd
-    from PIL import Image
-
+    from models.imageio import read_image
     from models.particles import measure_particles, size_statistics
     from models.segmentation import WatershedConfig, foreground_mask, split_dim_neighbours, split_touching
 
-    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_sem_ampis"
-    if not data.is_dir():
-        print(f"real data absent ({data}); skipped")
+    if (ampis := _ampis()) is None:
         return
-    truth = pd.read_csv(data / "truth" / "summary.csv").set_index("image")
+    images, truth = ampis
     base = WatershedConfig()
     frames = []
-    for image in sorted((data / "images").glob("*.png")):
-        pixels = np.asarray(Image.open(image).convert("L"), np.float32) / 255.0
+    for image in images:
+        pixels = read_image(image, 1.0).pixels
         frames.append((image.name, pixels, split_touching(foreground_mask(pixels, base), base)))
     worst_per_point = []
     for ratio, outline, contrast in itertools.product((0.65, 0.70, 0.75), (0.30, 0.35, 0.40), (0.07, 0.08, 0.09)):
