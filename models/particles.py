@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
-from skimage.measure import perimeter_crofton
 
 from models.segmentation import convex_solidity
 
@@ -75,18 +74,39 @@ def measure_particles(labels: np.ndarray, pixel_size_um: float, filt: ParticleFi
         if area < filt.min_area_px or area > max_area:
             continue
         mask = np.pad(mask, 1)
-        perimeter = float(perimeter_crofton(mask, directions=4))
         solidity = convex_solidity(mask)
         if solidity < filt.min_solidity:
             continue
-        yy, xx = np.nonzero(mask)
+        perimeter = crofton_perimeter(mask)
         sphericity = min(1.0, 4.0 * np.pi * area / perimeter**2) if perimeter > 0 else np.nan
+        centroid_y = float(mask.sum(axis=1) @ np.arange(mask.shape[0])) / area
+        centroid_x = float(mask.sum(axis=0) @ np.arange(mask.shape[1])) / area
         rows.append((
-            lab, float(xx.mean() - 1 + padded[1].start), float(yy.mean() - 1 + padded[0].start),
+            lab, centroid_x - 1 + padded[1].start, centroid_y - 1 + padded[0].start,
             area, area * pixel_size_um**2, 2.0 * np.sqrt(area / np.pi) * pixel_size_um,
             perimeter * pixel_size_um, sphericity, solidity,
         ))
     return pd.DataFrame(rows, columns=PARTICLE_COLUMNS)
+
+
+#: Crofton weights (4 directions) of the 16 configurations of a 2 x 2 window, coded as in
+#: ``skimage.measure.perimeter_crofton``: bottom-right 1, top-right 2, bottom-left 4, top-left 8.
+_CROFTON_WEIGHTS = np.array([
+    0, np.pi / 4 * (1 + 1 / np.sqrt(2)), np.pi / (4 * np.sqrt(2)), np.pi / (2 * np.sqrt(2)), 0,
+    np.pi / 4 * (1 + 1 / np.sqrt(2)), 0, np.pi / (4 * np.sqrt(2)), np.pi / 4, np.pi / 2, np.pi / (4 * np.sqrt(2)),
+    np.pi / (4 * np.sqrt(2)), np.pi / 4, np.pi / 2, 0, 0,
+])
+
+
+def crofton_perimeter(mask: np.ndarray) -> float:
+    """Crofton perimeter (4 directions) of a bool ``mask`` whose border rows and columns are unset.
+
+    Equal to ``skimage.measure.perimeter_crofton(mask, directions=4)``, with the 2 x 2 configuration codes from
+    array slices instead of a convolution of the padded image (several times faster on one particle's crop).
+    """
+    m = mask.astype(np.uint8)
+    codes = m[1:, 1:] + 2 * m[:-1, 1:] + 4 * m[1:, :-1] + 8 * m[:-1, :-1]
+    return float(_CROFTON_WEIGHTS @ np.bincount(codes.ravel(), minlength=16))
 
 
 def _border_labels(labels: np.ndarray) -> set[int]:

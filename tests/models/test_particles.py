@@ -69,3 +69,43 @@ def test_size_statistics_definitions():
     assert stats["d50_volume_um"] == pytest.approx(weighted_quantile(d, 0.5, d**3))
     assert stats["sphericity_std"] == pytest.approx(np.std([0.8, 0.9, 1.0, 0.9, 0.8]))
     assert size_statistics(table.iloc[:0])["d50_um"] is None
+
+
+def _random_blobs(rng: np.random.Generator, shape=(40, 50)) -> np.ndarray:
+    from skimage.draw import ellipse
+
+    mask = np.zeros(shape, bool)
+    for _ in range(int(rng.integers(1, 4))):
+        rr, cc = ellipse(rng.integers(3, shape[0] - 3), rng.integers(3, shape[1] - 3), rng.integers(1, 12),
+                         rng.integers(1, 12), rotation=rng.uniform(0, np.pi), shape=shape)
+        mask[rr, cc] = True
+    return np.pad(mask, 1)
+
+
+def test_crofton_perimeter_equals_skimage():
+    from skimage.measure import perimeter_crofton
+
+    from models.particles import crofton_perimeter
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        mask = _random_blobs(rng)
+        assert crofton_perimeter(mask) == pytest.approx(perimeter_crofton(mask, directions=4), abs=1e-9)
+
+
+def test_convex_solidity_equals_qhull_of_pixel_corners():
+    from scipy.spatial import ConvexHull
+
+    from models.segmentation import convex_solidity
+
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        mask = _random_blobs(rng)
+        yy, xx = np.nonzero(mask)
+        corners = np.concatenate([np.c_[xx + dx, yy + dy] for dx in (0, 1) for dy in (0, 1)])
+        expected = min(1.0, mask.sum() / ConvexHull(corners).volume)
+        assert convex_solidity(mask) == pytest.approx(expected, abs=1e-9)
+    line = np.zeros((5, 9), bool)
+    line[2, 1:8] = True  # degenerate hull of the centres: the corner hull is the 1 x 7 box
+    assert convex_solidity(line) == pytest.approx(1.0)
+    assert convex_solidity(np.eye(5, dtype=bool)) == pytest.approx(5 / 9)
