@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
 
@@ -150,7 +149,9 @@ def _square_filter(mask: np.ndarray, radius: int, dilate: bool) -> np.ndarray:
 
 def _cross_filter(mask: np.ndarray, dilate: bool) -> np.ndarray:
     """Binary dilation (or erosion) by the 4-neighbour cross, outside the frame unset (as ``scipy.ndimage``)."""
-    padded = np.pad(mask, 1)
+    h, w = mask.shape
+    padded = np.zeros((h + 2, w + 2), bool)
+    padded[1:-1, 1:-1] = mask
     combine = np.logical_or if dilate else np.logical_and
     out = mask.copy()
     for view in (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]):
@@ -204,12 +205,25 @@ def fill_holes_keeping_background(mask: np.ndarray, image: np.ndarray | None = N
 
 
 def otsu_threshold(image: np.ndarray, max_samples: int = 250_000) -> float:
-    """Otsu's threshold from a 256-bin histogram of (a regular subsample of) ``image``."""
+    """Otsu's threshold from a 256-bin histogram of (a regular subsample of) ``image``.
+
+    The same value as ``skimage.filters.threshold_otsu(hist=np.histogram(sample, bins=256))``, without their
+    argument checks, which dominate on the few thousand pixels of one particle.
+    """
     flat = image.ravel()
     step = max(1, flat.size // max_samples)
-    hist, edges = np.histogram(flat[::step], bins=256)
+    counts, edges = np.histogram(flat[::step], bins=256)
     centers = 0.5 * (edges[:-1] + edges[1:])
-    return float(threshold_otsu(hist=(hist, centers)))
+    occupied = np.flatnonzero(counts)  # skimage trims empty end bins and works in float32 counts
+    counts = counts[occupied[0]:occupied[-1] + 1].astype(np.float32)
+    centers = centers[occupied[0]:occupied[-1] + 1]
+    weight_below = np.cumsum(counts)
+    weight_above = np.cumsum(counts[::-1])[::-1]
+    moments = counts * centers
+    mean_below = np.cumsum(moments) / weight_below
+    mean_above = (np.cumsum(moments[::-1]) / weight_above[::-1])[::-1]
+    between = weight_below[:-1] * weight_above[1:] * (mean_below[:-1] - mean_above[1:]) ** 2
+    return float(centers[np.argmax(between)])
 
 
 def foreground_mask(image: np.ndarray, config: WatershedConfig = WatershedConfig()) -> np.ndarray:
@@ -324,8 +338,13 @@ def h_maxima_by_levels(relief: np.ndarray, local_maxima: np.ndarray, h: float) -
     labellings instead of a full morphological reconstruction (several times faster).
     """
     peak_labels, k = ndi.label(local_maxima, structure=EIGHT)
-    tops = np.asarray(ndi.maximum(relief, peak_labels, np.arange(1, k + 1)), dtype=float).reshape(-1)
-    first_pixel = np.asarray(ndi.minimum_position(peak_labels, peak_labels, np.arange(1, k + 1))).reshape(-1, 2)
+    # per peak: its top value and its first pixel in raster order (np.nonzero's order), by one sort by label
+    ys, xs = np.nonzero(peak_labels)
+    peak_of_pixel = peak_labels[ys, xs]
+    order = np.argsort(peak_of_pixel, kind="stable")
+    starts = np.searchsorted(peak_of_pixel[order], np.arange(1, k + 1))
+    tops = np.maximum.reduceat(relief[ys, xs][order], starts).astype(float)
+    first_pixel = np.c_[ys[order][starts], xs[order][starts]]
     seeds = np.zeros(relief.shape, bool)
     for i in np.argsort(tops)[::-1]:
         level_labels, _ = ndi.label(relief >= tops[i] - h, structure=EIGHT)

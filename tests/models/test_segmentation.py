@@ -84,3 +84,17 @@ def test_h_maxima_by_levels_matches_skimage_on_distance_reliefs():
         local_maxima = (relief >= ndi.maximum_filter(relief, size=3)) & blobs
         for h in (0.1, 0.36, 0.8):
             assert (h_maxima_by_levels(relief, local_maxima, h) == h_maxima(relief, h).astype(bool)).all()
+
+
+def test_otsu_threshold_equals_skimage_on_a_256_bin_histogram():
+    from skimage.filters import threshold_otsu
+
+    from models.segmentation import otsu_threshold
+
+    rng = np.random.default_rng(5)
+    for i in range(300):
+        n = int(rng.integers(20, 3000))
+        values = rng.random(n) * rng.random() + (rng.random(n) > 0.5) * rng.random()
+        values = values.astype(np.float32 if i % 2 else np.float64)
+        counts, edges = np.histogram(values, bins=256)
+        assert otsu_threshold(values) == float(threshold_otsu(hist=(counts, 0.5 * (edges[:-1] + edges[1:]))))
