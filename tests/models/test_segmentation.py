@@ -98,3 +98,13 @@ def test_otsu_threshold_equals_skimage_on_a_256_bin_histogram():
         values = values.astype(np.float32 if i % 2 else np.float64)
         counts, edges = np.histogram(values, bins=256)
         assert otsu_threshold(values) == float(threshold_otsu(hist=(counts, 0.5 * (edges[:-1] + edges[1:]))))
+
+
+def test_gaussian_filter_2d_is_scipys_bit_for_bit():
+    from scipy import ndimage as ndi
+
+    from models.segmentation import gaussian_filter_2d
+
+    image = np.random.default_rng(6).random((61, 47)).astype(np.float32)
+    for sigma in (1.0, 1.5):
+        assert np.array_equal(gaussian_filter_2d(image, sigma), ndi.gaussian_filter(image, sigma))
