@@ -129,7 +129,9 @@ def describe(
     tables, failures, overlay_failures, used_overlay_names = [], 0, 0, set()
     with Progress(console=_stderr_console(), transient=True, disable=len(images) < 2) as progress:
         task = progress.add_task("describing", total=len(images))
-        for path, result in describe_files(images, pixel_size_um, options, workers=n_workers):
+        described = describe_files(images, pixel_size_um, options, workers=n_workers,
+                                   keep_arrays=overlay is not None)  # arrays only travel back for overlays
+        for path, result in described:
             try:
                 if isinstance(result, BaseException):
                     raise result

@@ -34,3 +34,14 @@ def test_default_workers_fill_the_cores_but_not_for_sam(monkeypatch):
     assert default_workers(DescribeOptions(), 3) == 3
     assert default_workers(DescribeOptions(), 1) == 1
     assert default_workers(DescribeOptions(segmenter="sam", sam_checkpoint="x.pth"), 10) == 1
+
+
+def test_without_arrays_the_workers_send_back_the_same_descriptors_and_table(batch):
+    full = [r for _, r in describe_files(batch, workers=2)]
+    light = [r for _, r in describe_files(batch, workers=2, keep_arrays=False)]
+    for a, b in zip(full, light):
+        if isinstance(a, BaseException):
+            continue
+        assert a.pixels is not None and a.labels is not None
+        assert b.pixels is None and b.labels is None
+        assert a.record() == b.record() and a.particles.equals(b.particles)
