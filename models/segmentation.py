@@ -190,18 +190,22 @@ def fill_holes_keeping_background(mask: np.ndarray, image: np.ndarray | None = N
     edge = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
     touches_edge = np.zeros(n + 1, bool)
     touches_edge[edge[edge > 0]] = True
-    is_background = touches_edge.copy()
-    if image is not None and background_below is not None and n:
-        flat_labels = background.ravel()
-        area = np.bincount(flat_labels, minlength=n + 1)
-        mean = np.bincount(flat_labels, weights=image.ravel(), minlength=n + 1) / np.maximum(area, 1)
-        is_background |= (area >= min_open_area) & (mean < background_below)
-    is_background[0] = False
-    filled = ~is_background[background]
-    open_hole = is_background & ~touches_edge
-    if not open_hole.any():
-        return filled, np.zeros_like(mask)
-    return filled, open_hole[background]
+    outside = touches_edge[background]
+    filled = ~outside
+    open_holes = np.zeros_like(mask)
+    if image is None or background_below is None or not n:
+        return filled, open_holes
+    # statistics of the holes only (a small part of the frame); sums in raster order, as a full bincount
+    hole_pixels = np.flatnonzero(filled & ~mask)
+    hole_labels = background.ravel()[hole_pixels]
+    area = np.bincount(hole_labels, minlength=n + 1)
+    mean = np.bincount(hole_labels, weights=image.ravel()[hole_pixels], minlength=n + 1) / np.maximum(area, 1)
+    left_open = (area >= min_open_area) & (mean < background_below)
+    if left_open.any():
+        open_pixels = hole_pixels[left_open[hole_labels]]
+        filled.ravel()[open_pixels] = False
+        open_holes.ravel()[open_pixels] = True
+    return filled, open_holes
 
 
 def otsu_threshold(image: np.ndarray, max_samples: int = 250_000) -> float:
