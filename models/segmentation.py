@@ -392,7 +392,7 @@ def split_dim_neighbours(image: np.ndarray, labels: np.ndarray,
         label = index + 1
         if (slc[0].stop - slc[0].start) * (slc[1].stop - slc[1].start) < 3 * config.dim_min_area_px:
             continue
-        # smoothing and its gradient on the object's neighbourhood only (objects cover a fraction of a frame)
+        # smoothing on the object's neighbourhood only (objects cover a fraction of a frame)
         outer = tuple(slice(max(s.start - 8, 0), s.stop + 8) for s in slc)
         slc = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in slc)
         inner = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(slc, outer))
@@ -401,8 +401,6 @@ def split_dim_neighbours(image: np.ndarray, labels: np.ndarray,
         if area < 3 * config.dim_min_area_px:
             continue
         smooth = ndi.gaussian_filter(image[outer], 1.5)
-        # central differences of the smoothed image: a derivative-of-Gaussian at half the cost
-        gradient = np.hypot(*np.gradient(smooth))[inner]
         brightness = smooth[inner] - background
         values = brightness[comp]
         if float(values.max() - values.min()) < 1e-6:
@@ -413,17 +411,19 @@ def split_dim_neighbours(image: np.ndarray, labels: np.ndarray,
             continue
         dim = _open_disk2(comp & (brightness <= threshold))
         regions, n = ndi.label(dim)
-        if n == 0:
+        sizes = np.bincount(regions.ravel(), minlength=n + 1)
+        sizes[0] = 0  # not a region
+        candidates = np.flatnonzero((sizes >= config.dim_min_area_px) & (sizes <= 0.5 * area))
+        if candidates.size == 0:
             continue
         outline = comp & ~_cross_filter(comp, dilate=False)
+        gradient = None
         region_view = out[slc]
         split = False
-        for r_index, r_slc in enumerate(ndi.find_objects(regions)):
-            r_slc = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in r_slc)
-            region = regions[r_slc] == r_index + 1
-            size = int(region.sum())
-            if size < config.dim_min_area_px or size > 0.5 * area:
-                continue
+        region_slices = ndi.find_objects(regions)
+        for r_label in candidates.tolist():
+            r_slc = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in region_slices[r_label - 1])
+            region = regions[r_slc] == r_label
             if float(np.median(brightness[r_slc][region])) > config.dim_ratio * bright_level:
                 continue
             edge = region & ~_cross_filter(region, dilate=False)
@@ -431,8 +431,11 @@ def split_dim_neighbours(image: np.ndarray, labels: np.ndarray,
             if on_outline.sum() < config.dim_min_outline_fraction * edge.sum():
                 continue
             interface = edge & ~on_outline
-            if not interface.any() or \
-                    float(np.median(gradient[r_slc][interface])) < config.dim_min_edge_contrast * bright_level:
+            if not interface.any():
+                continue
+            if gradient is None:  # central differences of the smoothed image: a derivative-of-Gaussian, cheaply
+                gradient = np.hypot(*np.gradient(smooth))[inner]
+            if float(np.median(gradient[r_slc][interface])) < config.dim_min_edge_contrast * bright_level:
                 continue
             region_view[r_slc][region] = next_label
             next_label += 1
