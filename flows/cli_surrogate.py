@@ -97,6 +97,9 @@ def train(
         "for the whole budget (a warm restart of a finished run)."),
     low_weight: float = typer.Option(
         1.0, "--low-weight", help="Draw low-magnification tiles this many times as often as high ones."),
+    calibration_conditions: int = typer.Option(
+        64, "--calibration-conditions", min=0,
+        help="Training conditions the generation calibration is fitted on at the end (0: none)."),
 ) -> None:
     """Train the surrogate from scratch as a Prefect flow (checkpoints every 100 steps)."""
     if not (minutes > 0 and math.isfinite(minutes)):
@@ -121,7 +124,8 @@ def train(
         try:
             summary = train_surrogate(str(data), str(out), minutes=minutes, resume=resume, seed=seed,
                                       progress=report, init_from=str(init_from) if init_from else None,
-                                      low_magnification_weight=low_weight)
+                                      low_magnification_weight=low_weight,
+                                      calibration_conditions=calibration_conditions)
         except (FileNotFoundError, ValueError) as exc:
             _err(f"error: {exc}")
             raise typer.Exit(2)
@@ -182,6 +186,38 @@ def generate(
             d = pred.descriptors
             _err(f"condition {i}: D50 {d['d50_um']:.2f} µm, sphericity {d['sphericity_mean']:.3f} "
                  f"± {d['sphericity_std']:.3f}, texture {d['texture']:.3f} -> {out / f'condition_{i:03d}'}")
+
+
+@surrogate_app.command("calibrate")
+def calibrate(
+    model: Path = typer.Option(..., "--model", help="Model folder to calibrate (its surrogate.json is rewritten)."),
+    conditions: int = typer.Option(64, "--conditions", min=1, help="Training conditions to fit on."),
+    n: int = typer.Option(4, "--n", min=1, help="Tiles per condition and magnification."),
+    seed: int = typer.Option(1, "--seed", help="Noise seed of the fitting tiles (keep it off the report's 0)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the fit as one JSON object on stdout."),
+) -> None:
+    """Fit the generation calibration (generated -> simulated descriptors) on training conditions; rewrites
+    MODEL/surrogate.json, weights unchanged."""
+    from flows.surrogate_flow import calibrate_generation
+    from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE
+
+    model_dir = _default_model(model)
+    if not (model_dir / TRAINING_DESCRIPTORS_FILE).is_file():
+        _err(f"error: {model_dir} has no {TRAINING_DESCRIPTORS_FILE}; calibrate a model written by "
+             "'morphloop surrogate train'")
+        raise typer.Exit(2)
+    with _console().status(f"generating up to {conditions} training conditions x {n} tiles"):
+        fit = calibrate_generation(model_dir, conditions, n, seed)
+    if as_json:
+        typer.echo(json.dumps(fit, default=float))
+    else:
+        rows = ["| descriptor | a | b | R² before | R² after |", "| --- | --- | --- | --- | --- |"]
+        rows += [f"| {k} | {a:.4f} | {b:.4f} | {fit['r2_before'].get(k, float('nan')):.3f} | "
+                 f"{fit['r2_after'].get(k, float('nan')):.3f} |"
+                 for k, (a, b) in fit["generation_calibration"].items()]
+        _err("\n".join(rows) if fit["generation_calibration"] else
+             f"only {fit['n_conditions']} training conditions: calibration left at the identity")
+    _err(f"generation calibration written to {model_dir / 'surrogate.json'} ({fit['n_conditions']} conditions)")
 
 
 @surrogate_app.command("report")

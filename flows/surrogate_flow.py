@@ -18,12 +18,11 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.surrogate_data import condition_schema, conditions_of, load_training_set
-from models.surrogate.descriptors import describe_low_tiles, fit_affine, tile_textures
+from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE, describe_low_tiles, fit_affine, tile_textures
 from models.surrogate.model import LatentDiffusionSurrogate, SurrogateConfig
 from models.surrogate.training import TileSet, TrainingBudget, fine_tune, train_from_scratch
 
 SUMMARY_FILE = "training_summary.json"
-TRAINING_DESCRIPTORS_FILE = "training_descriptors.json"
 
 
 def load_tiles(data_dir: str | Path, table: pd.DataFrame) -> TileSet:
@@ -82,15 +81,35 @@ def describe_training_task(tiles: TileSet, table: pd.DataFrame, pixel_size_um: d
     return describe_training_conditions(tiles, table, pixel_size_um)
 
 
+@task(name="calibrate-generation")
+def calibrate_generation_task(model_dir: str, n_conditions: int = 64, n_images: int = 4, seed: int = 1) -> dict:
+    return calibrate_generation(model_dir, n_conditions, n_images, seed)
+
+
+def calibrate_generation(model_dir: str | Path, n_conditions: int = 64, n_images: int = 4, seed: int = 1) -> dict:
+    """Fit a saved model's generation calibration on its training conditions and write it into its config."""
+    from models.surrogate.calibration import fit_generation_calibration
+    from models.surrogate.predictor import SurrogatePredictor
+
+    predictor = SurrogatePredictor.from_pretrained(model_dir)
+    fit = fit_generation_calibration(predictor, model_dir, n_conditions, n_images, seed)
+    model = predictor.surrogate
+    model.config.generation_calibration = fit["generation_calibration"]
+    model.save_config(model_dir)
+    return fit
+
+
 @flow(name="surrogate-train")
 def train_surrogate(data_dir: str, out_dir: str, minutes: float = 30.0, resume: bool = False, seed: int = 0,
                     vae_fraction: float = 0.2, progress: Callable[[str, int, float], None] | None = None,
-                    init_from: str | None = None, low_magnification_weight: float = 1.0) -> dict:
+                    init_from: str | None = None, low_magnification_weight: float = 1.0,
+                    calibration_conditions: int = 64) -> dict:
     """Train a surrogate from scratch on the training split of ``data_dir`` and save it in ``out_dir``.
 
     Checkpoints go to ``out_dir/checkpoint`` every 100 steps; ``resume=True`` continues from there.
     ``init_from`` (a trained model folder) continues that model's denoiser for the whole budget instead (its
-    autoencoder is kept); ``low_magnification_weight`` > 1 draws low-magnification tiles more often.
+    autoencoder is kept); ``low_magnification_weight`` > 1 draws low-magnification tiles more often. At the
+    end the generation calibration is fitted on ``calibration_conditions`` training conditions (0: none).
     Returns the training summary (also written to ``out_dir/training_summary.json``).
     """
     t0 = time.monotonic()
@@ -116,13 +135,15 @@ def train_surrogate(data_dir: str, out_dir: str, minutes: float = 30.0, resume: 
     model.config.guidance_scale = config.guidance_scale  # this release's sampling default, also on a warm start
     model.save_pretrained(out)
     described.to_json(out / TRAINING_DESCRIPTORS_FILE, orient="records", indent=1)
+    calibration = calibrate_generation_task(str(out), calibration_conditions) if calibration_conditions else None
     summary.update({"data_dir": str(data_dir), "n_tiles": int(len(tiles.tiles)),
                     "n_conditions": int(train_rows["condition_id"].nunique()), "minutes_budget": minutes,
                     "low_magnification_weight": low_magnification_weight,
                     "seed": seed, "wall_seconds": time.monotonic() - t0,
                     "parameters": model.parameter_count(),
                     "d50_calibration": model.config.d50_calibration,
-                    "texture_calibration": model.config.texture_calibration})
+                    "texture_calibration": model.config.texture_calibration,
+                    "generation_calibration": calibration})
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     create_markdown_artifact(
         key="surrogate-training",

@@ -6,7 +6,9 @@ two samples and images them (8 tiles per magnification), and the surrogate gener
 both are described with the same pipeline and calibration. Figures:
 
 * R² of per-condition mean descriptors (D50, texture, sphericity mean and std), surrogate vs simulator, beside
-  two baselines: the nearest training condition's simulated tiles, and a GP from conditions to descriptors;
+  two baselines: the nearest training condition's simulated tiles, and a GP from conditions to descriptors; for a
+  model with a generation calibration (:mod:`models.surrogate.calibration`, fitted on training conditions only)
+  also the surrogate's R² before it;
 * Wasserstein distances of pooled particle diameters and sphericities, beside the distance between two
   independent simulated sample sets (the noise floor);
 * memorisation: RMS distance of generated tiles to their nearest training tile, beside that of fresh simulated
@@ -24,8 +26,10 @@ import numpy as np
 import pandas as pd
 
 from flows.surrogate_data import CONTINUOUS, design_conditions, load_training_set, render_condition_tiles
-from flows.surrogate_flow import TRAINING_DESCRIPTORS_FILE, load_tiles
-from models.surrogate.descriptors import DESCRIPTOR_NAMES, describe_high_tiles, describe_low_tiles
+from flows.surrogate_flow import load_tiles
+from models.surrogate.calibration import training_tile_descriptors
+from models.surrogate.descriptors import (DESCRIPTOR_NAMES, TRAINING_DESCRIPTORS_FILE, describe_high_tiles,
+                                         describe_low_tiles)
 from models.surrogate.fidelity import (gp_predict, mean_wasserstein, nearest_condition_index, nearest_neighbour_rms,
                                        r2_score)
 from models.surrogate.predictor import SurrogatePredictor
@@ -82,16 +86,9 @@ def _baselines(model_dir: Path, predictor: SurrogatePredictor, conditions: list[
     path = model_dir / TRAINING_DESCRIPTORS_FILE
     if not path.is_file():
         return {}
-    table = pd.read_json(path, orient="records")
-    cfg = predictor.surrogate.config
-    train_conditions = [{n[len("cond_"):]: row[n] for n in table.columns if n.startswith("cond_")}
-                        for _, row in table.iterrows()]
+    train_conditions, y = training_tile_descriptors(pd.read_json(path, orient="records"), predictor.surrogate.config)
     schema = predictor.surrogate.schema
     train_x, test_x = schema.encode(train_conditions), schema.encode(conditions)
-    a, b = cfg.d50_calibration
-    ta, tb = cfg.texture_calibration
-    y = np.column_stack([a + b * table["tile_d50_um"], table["tile_sphericity_mean"], table["tile_sphericity_std"],
-                         np.clip(ta + tb * table["tile_texture"], 0, 1)]).astype(float)
     nearest = y[nearest_condition_index(test_x, train_x)]
     return {"nearest training condition": nearest, "GP conditions->descriptors": gp_predict(train_x, y, test_x)}
 
@@ -147,7 +144,11 @@ def fidelity_report(model_dir: str | Path, out_dir: str | Path, *, data_dir: str
     ref = np.array([[r["descriptors"][k] for k in DESCRIPTOR_NAMES] for r in reference], float)
     gen = np.array([[p.descriptors[k] for k in DESCRIPTOR_NAMES] for p in predictions], float)
     truth = np.array([[r["truth"][k] for k in DESCRIPTOR_NAMES] for r in reference], float)
-    methods = {"surrogate": gen, **_baselines(model_dir, predictor, conditions)}
+    methods = {"surrogate": gen}
+    if cfg.generation_calibration:
+        methods["surrogate before generation calibration"] = np.array(
+            [[p.uncalibrated[k] for k in DESCRIPTOR_NAMES] for p in predictions], float)
+    methods.update(_baselines(model_dir, predictor, conditions))
     r2 = {name: {k: r2_score(ref[:, j], pred[:, j]) for j, k in enumerate(DESCRIPTOR_NAMES)}
           for name, pred in methods.items()}
     r2_by_group = {g: {k: r2_score(ref[[i for i, x in enumerate(groups) if x == g], j],
@@ -177,7 +178,8 @@ def fidelity_report(model_dir: str | Path, out_dir: str | Path, *, data_dir: str
                                  "simulated_nn_rms": float(np.median(nearest_neighbour_rms(sim_tiles, pool)))}
     sweep = sweep_grid_png(predictor, out_dir / "sweep.png")
     report = {"model": str(model_dir), "n_conditions": len(conditions), "n_interpolation": len(heldout),
-              "n_unseen": n_unseen, "images_per_condition": n_images, "r2": r2, "r2_surrogate_by_group": r2_by_group,
+              "n_unseen": n_unseen, "images_per_condition": n_images,
+              "generation_calibration": cfg.generation_calibration, "r2": r2, "r2_surrogate_by_group": r2_by_group,
               "r2_simulator_vs_truth": r2_simulator_vs_truth, "goals": GOALS,
               "goals_met": {k: bool(r2["surrogate"][k] >= v) for k, v in GOALS.items()},
               "distribution": distribution, "memorisation": memorisation,

@@ -17,6 +17,8 @@ from models.texture import TextureConfig, TextureError, measure_texture
 
 TILE_TEXTURE = TextureConfig(roi_px=128, max_rois=1)
 DESCRIPTOR_NAMES = ("d50_um", "sphericity_mean", "sphericity_std", "texture")
+#: Saved with a model: its training conditions' simulated-tile descriptors (baselines, generation calibration).
+TRAINING_DESCRIPTORS_FILE = "training_descriptors.json"
 
 
 def particle_table(tile: np.ndarray, pixel_size_um: float, watershed: WatershedConfig = WatershedConfig(),

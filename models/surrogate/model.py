@@ -72,6 +72,9 @@ class SurrogateConfig:
         ``[a, b]``: texture measured on 128-px tiles -> ``a + b * t`` on the scale of full-frame ``describe``.
     d50_calibration : list of float
         ``[a, b]``: pooled tile D50 (µm) -> full-frame D50 ``a + b * d``.
+    generation_calibration : dict
+        ``{descriptor: [a, b]}``: descriptors of generated tiles -> those of simulated tiles, fitted on training
+        conditions (:mod:`models.surrogate.calibration`); empty = none.
     """
 
     conditions: list[dict]
@@ -89,6 +92,7 @@ class SurrogateConfig:
     training_design: list[list[float]] = field(default_factory=list)
     texture_calibration: list[float] = field(default_factory=lambda: [0.0, 1.0])
     d50_calibration: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    generation_calibration: dict = field(default_factory=dict)
 
     @property
     def schema(self) -> ConditionSchema:
@@ -263,8 +267,14 @@ class LatentDiffusionSurrogate:
         self.unet.save_pretrained(directory / "unet")
         self.encoder.save_pretrained(directory / "condition_encoder")
         self.scheduler.save_pretrained(directory / "scheduler")
-        atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(self.config.to_json(), indent=1)))
+        self.save_config(directory)
         return directory
+
+    def save_config(self, directory: str | Path) -> Path:
+        """(Re)write ``surrogate.json`` only (the calibrations live there; the weights are unchanged)."""
+        path = Path(directory) / CONFIG_FILE
+        atomic_write(path, lambda p: p.write_text(json.dumps(self.config.to_json(), indent=1)))
+        return path
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> LatentDiffusionSurrogate:

@@ -111,12 +111,32 @@ def test_report_json_has_the_figures_and_baselines(tmp_path):
     result = invoke("surrogate", "report", "--out", tmp_path, "--heldout", 3, "--unseen", 2, "--n", 2, "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report["r2"]) == {"surrogate", "nearest training condition", "GP conditions->descriptors"}
+    assert set(report["r2"]) == {"surrogate", "surrogate before generation calibration",
+                                 "nearest training condition", "GP conditions->descriptors"}
     assert set(report["r2"]["surrogate"]) == {"d50_um", "sphericity_mean", "sphericity_std", "texture"}
     assert report["n_conditions"] == 5
     assert report["distribution"]["diameter_wasserstein_um"] >= 0
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     assert (tmp_path / "report.md").read_text().startswith("# Surrogate fidelity")
+
+
+def test_calibrate_rewrites_only_the_config_and_refuses_a_folder_without_training_descriptors(tmp_path):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("report"))
+    weights = (model / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    result = invoke("surrogate", "calibrate", "--model", model, "--conditions", 8, "--n", 1, "--json")
+    assert result.exit_code == 0, result.stderr
+    fit = json.loads(result.stdout)
+    assert fit["n_conditions"] == 8 and set(fit["generation_calibration"]) == {
+        "d50_um", "sphericity_mean", "sphericity_std", "texture"}
+    saved = json.loads((model / "surrogate.json").read_text())["generation_calibration"]
+    assert saved == fit["generation_calibration"]
+    assert (model / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+    (model / "training_descriptors.json").unlink()
+    result = invoke("surrogate", "calibrate", "--model", model)
+    assert result.exit_code == 2 and "training_descriptors.json" in result.stderr
 
 
 def test_shipped_model_is_small_and_pickle_free():
