@@ -82,20 +82,24 @@ def describe_training_task(tiles: TileSet, table: pd.DataFrame, pixel_size_um: d
 
 
 @task(name="calibrate-generation")
-def calibrate_generation_task(model_dir: str, n_conditions: int = 64, n_images: int = 4, seed: int = 1) -> dict:
-    return calibrate_generation(model_dir, n_conditions, n_images, seed)
+def calibrate_generation_task(model_dir: str, n_conditions: int = 64, n_images: int = 4, seed: int = 1,
+                              model: LatentDiffusionSurrogate | None = None) -> dict:
+    return calibrate_generation(model_dir, n_conditions, n_images, seed, model)
 
 
-def calibrate_generation(model_dir: str | Path, n_conditions: int = 64, n_images: int = 4, seed: int = 1) -> dict:
-    """Fit a saved model's generation calibration on its training conditions and write it into its config."""
+def calibrate_generation(model_dir: str | Path, n_conditions: int = 64, n_images: int = 4, seed: int = 1,
+                         model: LatentDiffusionSurrogate | None = None) -> dict:
+    """Fit a saved model's generation calibration on its training conditions and write it into its config.
+
+    ``model`` is the same model already in memory (the training flow's), which saves loading it again.
+    """
     from models.surrogate.calibration import fit_generation_calibration
     from models.surrogate.predictor import SurrogatePredictor
 
-    predictor = SurrogatePredictor.from_pretrained(model_dir)
+    predictor = SurrogatePredictor(model) if model is not None else SurrogatePredictor.from_pretrained(model_dir)
     fit = fit_generation_calibration(predictor, model_dir, n_conditions, n_images, seed)
-    model = predictor.surrogate
-    model.config.generation_calibration = fit["generation_calibration"]
-    model.save_config(model_dir)
+    predictor.surrogate.config.generation_calibration = fit["generation_calibration"]
+    predictor.surrogate.save_config(model_dir)
     return fit
 
 
@@ -135,7 +139,8 @@ def train_surrogate(data_dir: str, out_dir: str, minutes: float = 30.0, resume: 
     model.config.guidance_scale = config.guidance_scale  # this release's sampling default, also on a warm start
     model.save_pretrained(out)
     described.to_json(out / TRAINING_DESCRIPTORS_FILE, orient="records", indent=1)
-    calibration = calibrate_generation_task(str(out), calibration_conditions) if calibration_conditions else None
+    calibration = (calibrate_generation_task(str(out), calibration_conditions, model=model)
+                   if calibration_conditions else None)
     summary.update({"data_dir": str(data_dir), "n_tiles": int(len(tiles.tiles)),
                     "n_conditions": int(train_rows["condition_id"].nunique()), "minutes_budget": minutes,
                     "low_magnification_weight": low_magnification_weight,
