@@ -47,7 +47,7 @@ def dry_run(
         for key in ("resolution_nm", "cnr"):
             v = summary[key]
             _err(f"HQ field, HQ's particle mask: {key}: LQ {v['lq']:.2f}, enhanced {v['enhanced']:.2f}, "
-                 f"HQ {v['hq']:.2f}")
+                 f"HQ {v['hq']:.2f}, noise-free phantom {v['truth']:.2f}")
         f = summary["fidelity"]
         _err("HQ field, against HQ: " + ", ".join(f"{name} PSNR {f[k]['psnr_db']:.1f} dB SSIM {f[k]['ssim']:.3f}" for
                                                   name, k in (("LQ", "lq"), ("enhanced", "enhanced"),
@@ -92,26 +92,32 @@ def simulate_pair(
     out: Path = typer.Option(..., "--out", help="Folder for lq.npy and hq.npy."),
     seed: int = typer.Option(101, "--seed", help="Electrode cell of the pair (the dry run uses another one)."),
     soc: float = typer.Option(0.5, "--soc", help="State of charge of the cell, 0..1."),
+    rows: int = typer.Option(16, "--rows", help="Detector rows of both scans (a multiple of 4): the pair's depth. "
+                                                "More rows give a taller volume, more particles to learn from."),
 ) -> None:
     """Simulate and reconstruct one LQ/HQ scan pair of the same cell: the training pair of ``indi train``.
 
-    lq.npy: the LQ slices over the HQ field of view (rows x 64 x 64 at 100 nm); hq.npy: the HQ slices averaged
-    over row pairs to the LQ row height (rows x 128 x 128 at 50 nm).
+    lq.npy: the LQ slices over the HQ field of view (rows/2 x 64 x 64 at 100 nm); hq.npy: the HQ slices averaged
+    over row pairs to the LQ row height (rows/2 x 128 x 128 at 50 nm). The cell is as deep as the LQ scan.
     """
-    if not 0.0 <= soc <= 1.0 or seed < 0:
-        _err(f"error: --soc must be in [0, 1] and --seed >= 0, got soc={soc}, seed={seed}")
+    if not 0.0 <= soc <= 1.0 or seed < 0 or rows < 4 or rows % 4:
+        _err(f"error: --soc must be in [0, 1], --seed >= 0 and --rows a multiple of 4 (>= 4), got soc={soc}, "
+             f"seed={seed}, rows={rows}")
         raise typer.Exit(2)
+    from dataclasses import replace
+
     from flows.tomo import ScanData, hq_reference_rows, lq_over_hq_field, reconstruct_slices
     from models.volume_io import write_volume
     from simulators.tomography import HQ, LQ, ElectrodeCell, simulate_scan
 
-    cell = ElectrodeCell(seed)
+    hq_quality, lq_quality = replace(HQ, n_rows=rows), replace(LQ, n_rows=rows)
+    cell = ElectrodeCell(seed) if rows == LQ.n_rows else ElectrodeCell(seed, depth_um=rows * LQ.voxel_um)
     volumes = {}
-    for quality in (LQ, HQ):
-        scan = simulate_scan(cell, soc, quality, seed=seed + (1 if quality is HQ else 0))
+    for quality in (lq_quality, hq_quality):
+        scan = simulate_scan(cell, soc, quality, seed=seed + (1 if quality is hq_quality else 0))
         volumes[quality.name], _ = reconstruct_slices(
             ScanData(scan.projections, scan.flats, scan.darks, scan.angles_deg), quality.voxel_nm)
-    lq = write_volume(out / "lq.npy", lq_over_hq_field(volumes["lq"]))
+    lq = write_volume(out / "lq.npy", lq_over_hq_field(volumes["lq"], hq_quality, lq_quality))
     hq = write_volume(out / "hq.npy", hq_reference_rows(volumes["hq"]))
     _err(f"wrote {lq} and {hq}")
 

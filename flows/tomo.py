@@ -23,7 +23,7 @@ from devices.beamline import DATA_PATH, FRAME_DATASETS
 from models.indi import InDIModel, register_lq_to_hq, upsample_lq
 from models.tomo_metrics import cnr, edge_resolution_nm, psnr, segment_particles, ssim
 from models.tomo_reconstruction import reconstruct
-from simulators.tomography import HQ, LQ, QUALITIES, hq_region_in_lq, pillar_mask
+from simulators.tomography import HQ, LQ, QUALITIES, AcquisitionQuality, hq_region_in_lq, pillar_mask
 
 #: ``image_key`` values of the detector (NeXus convention).
 PROJECTION, FLAT, DARK = 0, 1, 2
@@ -80,13 +80,15 @@ def hq_reference_rows(hq_volume: np.ndarray) -> np.ndarray:
     return hq_volume[:rows].reshape(rows // 2, 2, *hq_volume.shape[1:]).mean(axis=1)
 
 
-def lq_over_hq_field(lq_volume: np.ndarray) -> np.ndarray:
+def lq_over_hq_field(lq_volume: np.ndarray, hq: AcquisitionQuality = HQ,
+                     lq: AcquisitionQuality = LQ) -> np.ndarray:
     """The part of an LQ reconstruction that the HQ scan sees (still at LQ resolution).
 
     The HQ sample is a cylinder inside its field of view (air outside), so the LQ voxels outside it are set to
-    zero too: a training pair must show the same material.
+    zero too: a training pair must show the same material. ``hq`` and ``lq``: the two acquisitions (default the
+    simulated beamline's).
     """
-    field = lq_volume[hq_region_in_lq(HQ, LQ)].copy()
+    field = lq_volume[hq_region_in_lq(hq, lq)].copy()
     inside = pillar_mask(HQ).reshape(HQ.fov_px // 2, 2, HQ.fov_px // 2, 2).all(axis=(1, 3))
     field[:, ~inside] = 0.0
     return field
@@ -110,7 +112,7 @@ STEPS_SWEEP = (1, 2, 4, 6, 8, 10, 12, 16)
 
 def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InDIModel,
                       steps: int | None = None, steps_sweep: tuple[int, ...] = STEPS_SWEEP,
-                      voxel_nm: float | None = None) -> dict[str, Any]:
+                      voxel_nm: float | None = None, truth: np.ndarray | None = None) -> dict[str, Any]:
     """LQ (bicubic 2×), enhanced and HQ slices over the HQ field, measured with the HQ particle mask.
 
     Using one mask (segmented on the HQ reference) for all three keeps the comparison about the images,
@@ -118,7 +120,9 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     sub-pixel registration): fidelity, which sharpness and CNR alone do not show (a model can draw crisp,
     clean particles in the wrong shape). ``by_steps`` measures the enhancement at each number of InDI steps of
     ``steps_sweep`` (N = 1 is plain regression, paper 001's baseline). ``voxel_nm``: the HQ voxel (default: the
-    simulated HQ scan's).
+    simulated HQ scan's). ``truth``: the noise-free attenuation on the HQ grid, when known (a simulated scan);
+    measured with the same mask it gives the ceiling of these figures: a phantom with cracks, dense phases and a
+    binder/pore background has a finite CNR of its own, which no faithful enhancement can exceed.
     """
     bicubic = upsample_lq(lq_field)
     steps = int(steps or model.config.steps)
@@ -142,6 +146,7 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
         "one_step": by_steps[1],
         "by_steps": by_steps,
         "images": {"lq": bicubic, "hq": hq_reference, "enhanced": enhanced[steps]},
+        **({"truth": quantify(truth, mask, voxel)} if truth is not None else {}),
     }
 
 
@@ -163,6 +168,8 @@ def save_steps_plot(path: Path, comparison: dict[str, Any],
         ax.axhline(comparison["lq"][key], color="tab:blue", ls="--", label="LQ (bicubic)")
         if key in comparison["hq"]:
             ax.axhline(comparison["hq"][key], color="k", ls=":", label="HQ")
+        if key in comparison.get("truth", {}):
+            ax.axhline(comparison["truth"][key], color="tab:green", ls="-.", label="noise-free phantom")
         ax.set_xlabel("InDI steps N")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

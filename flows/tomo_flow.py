@@ -144,8 +144,11 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
     hq_final = next(r for r in reversed(collector.runs) if r["quality"] == "hq" and r["file"])
     lq_volume, _ = reconstruct_slices(read_scan_file(lq_final["file"]), QUALITIES["lq"].voxel_nm)
     hq_volume, _ = reconstruct_slices(read_scan_file(hq_final["file"]), QUALITIES["hq"].voxel_nm)
+    # the phantom the HQ scan saw, noise-free: the ceiling of the HQ-field figures
+    hq_soc = hq_final["soc"] if hq_final["soc"] is not None else beamline.soc()
+    truth = hq_reference_rows(beamline.volume(hq_soc, QUALITIES["hq"]))
     comparison = compare_qualities(lq_over_hq_field(lq_volume), hq_reference_rows(hq_volume), load_model(model_dir),
-                                   steps=steps)
+                                   steps=steps, truth=truth)
     images = comparison.pop("images")
     steps_png = save_steps_plot(processed / "quality_vs_steps.png", comparison)
     png = save_before_after(processed / "comparison.png", images["lq"][0], images["enhanced"][0], images["hq"][0],
@@ -153,8 +156,8 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
     summary = {
         "data_dir": str(data),
         "scans": [{k: s[k] for k in ("timepoint", "soc", "quality", "file", "center_px") if k in s} for s in scans],
-        "resolution_nm": {k: comparison[k]["resolution_nm"] for k in ("lq", "hq", "enhanced")},
-        "cnr": {k: comparison[k]["cnr"] for k in ("lq", "hq", "enhanced")},
+        "resolution_nm": {k: comparison[k]["resolution_nm"] for k in ("lq", "hq", "enhanced", "truth")},
+        "cnr": {k: comparison[k]["cnr"] for k in ("lq", "hq", "enhanced", "truth")},
         "fidelity": {k: {m: comparison[k][m] for m in ("psnr_db", "ssim")} for k in ("lq", "enhanced", "one_step")},
         "one_step": comparison["one_step"],
         "by_steps": comparison["by_steps"],
@@ -165,8 +168,9 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
     }
     create_markdown_artifact(
         key="tomo-dry-run", description="LQ vs enhanced vs HQ",
-        markdown=("| | LQ (bicubic) | InDI | HQ |\n|---|---|---|---|\n"
-                  f"| resolution (nm) | {summary['resolution_nm']['lq']:.0f} | {summary['resolution_nm']['enhanced']:.0f}"
-                  f" | {summary['resolution_nm']['hq']:.0f} |\n"
-                  f"| CNR | {summary['cnr']['lq']:.2f} | {summary['cnr']['enhanced']:.2f} | {summary['cnr']['hq']:.2f} |\n"))
+        markdown=("| | LQ (bicubic) | InDI | HQ | noise-free phantom |\n|---|---|---|---|---|\n"
+                  + "".join(f"| {label} | " + " | ".join(fmt.format(summary[key][k]) for k in
+                                                        ("lq", "enhanced", "hq", "truth")) + " |\n"
+                            for label, key, fmt in (("resolution (nm)", "resolution_nm", "{:.0f}"),
+                                                    ("CNR", "cnr", "{:.2f}")))))
     return summary

@@ -69,7 +69,9 @@ def test_tomo_dry_run_json(tmp_path, prefect_harness):
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("resolution_nm", "cnr"):
-        assert set(summary[key]) == {"lq", "hq", "enhanced"}
+        assert set(summary[key]) == {"lq", "hq", "enhanced", "truth"}
+    # the noise-free phantom, measured like the scans, is sharper than any scan of it
+    assert summary["resolution_nm"]["truth"] < summary["resolution_nm"]["hq"] < summary["resolution_nm"]["lq"]
     # the enhanced slices are sharper and cleaner than the LQ ones they came from
     assert summary["resolution_nm"]["enhanced"] < summary["resolution_nm"]["lq"]
     assert summary["cnr"]["enhanced"] > summary["cnr"]["lq"]
@@ -91,3 +93,20 @@ def test_tomo_dry_run_json(tmp_path, prefect_harness):
     assert fidelity["enhanced"]["ssim"] > fidelity["lq"]["ssim"]
     assert fidelity["enhanced"]["psnr_db"] > fidelity["lq"]["psnr_db"]
     assert (tmp_path / "run" / "documents.jsonl").is_file()
+
+
+def test_simulate_pair_rows_sets_the_depth_of_the_training_pair(tmp_path):
+    result = invoke("tomo", "simulate-pair", "--out", tmp_path, "--seed", 3, "--rows", 8)
+    assert result.exit_code == 0, result.stderr
+    lq, hq = np.load(tmp_path / "lq.npy"), np.load(tmp_path / "hq.npy")
+    assert lq.shape == (4, 64, 64) and hq.shape == (4, 128, 128)
+    # the same material: the HQ slices binned to the LQ grid follow the LQ slices
+    binned = hq.reshape(4, 64, 2, 64, 2).mean(axis=(2, 4))
+    assert np.corrcoef(binned.ravel(), lq.ravel())[0, 1] > 0.5
+
+
+def test_simulate_pair_rejects_rows_that_do_not_nest(tmp_path):
+    result = invoke("tomo", "simulate-pair", "--out", tmp_path, "--rows", 6)
+    assert result.exit_code == 2
+    assert "--rows" in result.stderr and "multiple of 4" in result.stderr
+    assert not (tmp_path / "lq.npy").exists()
