@@ -53,10 +53,11 @@ def dry_run(
                                                   name, k in (("LQ", "lq"), ("enhanced", "enhanced"),
                                                               ("N = 1", "one_step"))))
         for t in summary["timepoints"]:
-            lq, enhanced, one = t["lq"], t["enhanced"], t["one_step"]
+            lq, enhanced, one, phantom = t["lq"], t["enhanced"], t["one_step"], t["phantom"]
             _err(f"state of charge {t['soc']:.2f}, same particles: CNR LQ {lq['cnr']:.2f} -> enhanced "
-                 f"{enhanced['cnr']:.2f} (N = 1: {one['cnr']:.2f}); resolution {lq['resolution_nm']:.0f} -> "
-                 f"{enhanced['resolution_nm']:.0f} nm (N = 1: {one['resolution_nm']:.0f} nm)")
+                 f"{enhanced['cnr']:.2f} (N = 1: {one['cnr']:.2f}; noise-free phantom {phantom['cnr']:.2f}); "
+                 f"resolution {lq['resolution_nm']:.0f} -> {enhanced['resolution_nm']:.0f} nm (N = 1: "
+                 f"{one['resolution_nm']:.0f} nm)")
         _err(f"comparison: {summary['comparison_png']}; quality vs steps: {summary['steps_png']}")
 
 
