@@ -89,7 +89,7 @@ def lq_over_hq_field(lq_volume: np.ndarray, hq: AcquisitionQuality = HQ,
     simulated beamline's).
     """
     field = lq_volume[hq_region_in_lq(hq, lq)].copy()
-    inside = pillar_mask(HQ).reshape(HQ.fov_px // 2, 2, HQ.fov_px // 2, 2).all(axis=(1, 3))
+    inside = pillar_mask(hq).reshape(hq.fov_px // 2, 2, hq.fov_px // 2, 2).all(axis=(1, 3))
     field[:, ~inside] = 0.0
     return field
 

@@ -91,11 +91,16 @@ def tomo_end_of_run(scan_file: str, quality: str, out_dir: str, model_dir: str |
     return result
 
 
+def phantom_over_hq_field(beamline: SimulatedBeamline, soc: float) -> np.ndarray:
+    """The noise-free phantom the HQ scan sees at ``soc``, in the HQ reference's rows (pairs averaged)."""
+    return hq_reference_rows(beamline.volume(soc, QUALITIES["hq"]))
+
+
 def phantom_figures(beamline: SimulatedBeamline, soc: float) -> dict[str, float]:
     """Resolution and CNR of the noise-free phantom at ``soc`` over the HQ field, on its own particle mask: what a
     perfect image would score. Cracks, dense phases and the binder/pore background give the phantom a finite CNR
     that falls with charge; an enhancement scoring above it has smoothed real structure away."""
-    truth = hq_reference_rows(beamline.volume(soc, QUALITIES["hq"]))
+    truth = phantom_over_hq_field(beamline, soc)
     return quantify(truth, np.stack([segment_particles(s) for s in truth]), QUALITIES["hq"].voxel_nm)
 
 
@@ -153,8 +158,7 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
     lq_volume, _ = reconstruct_slices(read_scan_file(lq_final["file"]), QUALITIES["lq"].voxel_nm)
     hq_volume, _ = reconstruct_slices(read_scan_file(hq_final["file"]), QUALITIES["hq"].voxel_nm)
     # the phantom the HQ scan saw, noise-free: the ceiling of the HQ-field figures
-    hq_soc = hq_final["soc"] if hq_final["soc"] is not None else beamline.soc()
-    truth = hq_reference_rows(beamline.volume(hq_soc, QUALITIES["hq"]))
+    truth = phantom_over_hq_field(beamline, hq_final["soc"] if hq_final["soc"] is not None else beamline.soc())
     comparison = compare_qualities(lq_over_hq_field(lq_volume), hq_reference_rows(hq_volume), load_model(model_dir),
                                    steps=steps, truth=truth)
     images = comparison.pop("images")
