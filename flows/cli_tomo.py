@@ -112,7 +112,7 @@ def simulate_pair(
     from simulators.tomography import HQ, LQ, ElectrodeCell, simulate_scan
 
     hq_quality, lq_quality = replace(HQ, n_rows=rows), replace(LQ, n_rows=rows)
-    cell = ElectrodeCell(seed) if rows == LQ.n_rows else ElectrodeCell(seed, depth_um=rows * LQ.voxel_um)
+    cell = ElectrodeCell(seed, depth_um=rows * LQ.voxel_um)  # as deep as the LQ scan (1.6 µm for 16 rows)
     volumes = {}
     for quality in (lq_quality, hq_quality):
         scan = simulate_scan(cell, soc, quality, seed=seed + (1 if quality is hq_quality else 0))
