@@ -26,12 +26,14 @@ def dry_run(
     data_dir: Path = typer.Option(Path("tomo-dry-run"), "--data-dir", help="Folder for frames, documents, results."),
     model: Optional[Path] = typer.Option(None, "--model", help="InDI model folder (default: the shipped model)."),
     steps: int = typer.Option(8, "--steps", help="InDI sampling steps."),
+    cell: int = typer.Option(7, "--cell", help="Seed of the simulated electrode cell (the shipped model was trained "
+                                               "on cell 101; any other is unseen)."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object on stdout."),
 ) -> None:
     """The in-situ plan on the simulated beamline (LQ scans at three states of charge with an open-circuit hold
     before each, one HQ reference), the end-of-run flow on every scan, and LQ vs enhanced vs HQ figures."""
-    if steps < 1:
-        _err(f"error: --steps must be >= 1, got {steps}")
+    if steps < 1 or cell < 0:
+        _err(f"error: --steps must be >= 1 and --cell >= 0, got {steps} and {cell}")
         raise typer.Exit(2)
     model_dir = _check_model(model)
     if (data_dir / "documents.jsonl").exists():
@@ -40,7 +42,7 @@ def dry_run(
     from flows.tomo import summary_json
     from flows.tomo_flow import tomo_dry_run
 
-    summary = tomo_dry_run(str(data_dir), model_dir=model_dir, steps=steps)
+    summary = tomo_dry_run(str(data_dir), model_dir=model_dir, seed=cell, steps=steps)
     if as_json:
         print(summary_json(summary), flush=True)
     else:

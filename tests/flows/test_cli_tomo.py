@@ -119,3 +119,10 @@ def test_simulate_pair_rejects_rows_that_do_not_nest(tmp_path):
     assert result.exit_code == 2
     assert "--rows" in result.stderr and "multiple of 4" in result.stderr
     assert not (tmp_path / "lq.npy").exists()
+
+
+def test_tomo_dry_run_rejects_a_negative_cell_before_scanning(tmp_path):
+    result = invoke("tomo", "dry-run", "--data-dir", tmp_path / "run", "--cell", -1)
+    assert result.exit_code == 2
+    assert "--cell" in result.stderr
+    assert not (tmp_path / "run").exists()
