@@ -247,13 +247,19 @@ def train(
     out: Path = typer.Option(..., "--out", help="Model folder (model.safetensors + config.json)."),
     minutes: float = typer.Option(10.0, "--minutes", help="Training time budget."),
     seed: int = typer.Option(0, "--seed", help="Seed of patch sampling and initialisation."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT/checkpoint."),
+    width: int = typer.Option(24, "--width", help="U-Net channels at full resolution (doubled per level); the "
+                                                  "shipped model has 24."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT/checkpoint "
+                                                        "(same --width)."),
 ) -> None:
     """Train InDI on one LQ/HQ pair, as paper 001 does (LQ registered onto HQ first)."""
     from models.volume_io import VolumeIOError, read_volume
 
     if not (minutes > 0 and math.isfinite(minutes)):
         _err(f"error: --minutes must be a positive number, got {minutes}")
+        raise typer.Exit(2)
+    if not 4 <= width <= 128:
+        _err(f"error: --width must be between 4 and 128 channels, got {width}")
         raise typer.Exit(2)
     try:
         lq_data, hq_data = read_volume(lq), read_volume(hq)
@@ -278,8 +284,12 @@ def train(
             progress.update(task, completed=min(time.perf_counter() - t0, minutes * 60.0),
                             info=f"iteration {iteration}, loss {loss:.4f}")
 
-        model = train_indi(lq_data, hq_data, InDIConfig(seed=seed), minutes=minutes, progress=report,
-                           checkpoint_dir=out / "checkpoint", resume=resume)
+        try:
+            model = train_indi(lq_data, hq_data, InDIConfig(seed=seed, base_channels=width), minutes=minutes,
+                               progress=report, checkpoint_dir=out / "checkpoint", resume=resume)
+        except ValueError as exc:  # e.g. resuming a checkpoint of another width
+            _err(f"error: {exc}; resume with the checkpoint's --width, or train afresh without --resume")
+            raise typer.Exit(2)
     model.save(out)
     _err(f"model saved to {out} ({time.perf_counter() - t0:.0f} s)")
 

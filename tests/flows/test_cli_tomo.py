@@ -42,6 +42,18 @@ def test_indi_train_writes_a_loadable_model(pair, tmp_path):
     result = invoke("tomo", "enhance", pair / "lq.npy", "--model", tmp_path / "m", "--steps", 2, "--out", out)
     assert result.exit_code == 0, result.stderr
     assert read_volume(out).shape == (2, 64, 64)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["base_channels"] == 24  # the shipped width
+
+
+def test_indi_train_width_sets_the_network_and_must_match_on_resume(pair, tmp_path):
+    args = ("indi", "train", "--lq", pair / "lq.npy", "--hq", pair / "hq.tif", "--out", tmp_path / "m")
+    result = invoke(*args, "--minutes", 0.02, "--width", 8)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["base_channels"] == 8
+    result = invoke(*args, "--minutes", 0.02, "--width", 16, "--resume")
+    assert result.exit_code == 2 and "--width" in result.stderr and "architecture" in result.stderr
+    result = invoke(*args, "--width", 2)
+    assert result.exit_code == 2 and "--width must be between 4 and 128" in result.stderr
 
 
 def test_indi_train_refuses_mismatched_pairs(pair, tmp_path):
