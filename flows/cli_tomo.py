@@ -288,7 +288,8 @@ def train(
             model = train_indi(lq_data, hq_data, InDIConfig(seed=seed, base_channels=width), minutes=minutes,
                                progress=report, checkpoint_dir=out / "checkpoint", resume=resume)
         except ValueError as exc:  # e.g. resuming a checkpoint of another width
-            _err(f"error: {exc}; resume with the checkpoint's --width, or train afresh without --resume")
+            hint = "; resume with the checkpoint's --width, or train afresh without --resume" if resume else ""
+            _err(f"error: {exc}{hint}")
             raise typer.Exit(2)
     model.save(out)
     _err(f"model saved to {out} ({time.perf_counter() - t0:.0f} s)")

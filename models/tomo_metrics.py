@@ -144,22 +144,23 @@ def edge_resolution_nm(image: np.ndarray, particle_mask: np.ndarray, voxel_nm: f
     if voxel_nm <= 0:
         raise ValueError(f"voxel_nm must be positive, got {voxel_nm}")
     image, mask = _check_pair(image, particle_mask)
-    if image.ndim == 3:
-        sums, total, first_error = None, 0, None
-        for slice_image, slice_mask in zip(image, mask):
-            try:
-                s, esf, n_used = edge_spread_function(slice_image, slice_mask, n_profiles=n_profiles, seed=seed,
-                                                      half_length_px=half_length_px)
-            except ValueError as err:   # no clean edge in this slice: it adds no profiles
-                first_error = first_error or err
-                continue
-            sums = esf * n_used if sums is None else sums + esf * n_used
-            total += n_used
-        if sums is None:
-            raise ValueError(f"no slice has clean edge profiles: {first_error}")
-        return _edge_fwhm_nm(s, sums / total, voxel_nm)
-    s, esf, _ = edge_spread_function(image, mask, n_profiles=n_profiles, seed=seed, half_length_px=half_length_px)
-    return _edge_fwhm_nm(s, esf, voxel_nm)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"edge_resolution works on a 2-D slice or a stack of them, got shape {image.shape}")
+    sums, total, first_error = None, 0, None
+    for slice_image, slice_mask in zip(image.reshape((-1, *image.shape[-2:])), mask.reshape((-1, *mask.shape[-2:]))):
+        try:
+            s, esf, n_used = edge_spread_function(slice_image, slice_mask, n_profiles=n_profiles, seed=seed,
+                                                  half_length_px=half_length_px)
+        except ValueError as err:   # no clean edge in this slice: it adds no profiles
+            first_error = first_error or err
+            continue
+        sums = esf * n_used if sums is None else sums + esf * n_used
+        total += n_used
+    if sums is None:
+        if image.ndim == 2:
+            raise first_error
+        raise ValueError(f"no slice has clean edge profiles: {first_error}") from first_error
+    return _edge_fwhm_nm(s, sums / total, voxel_nm)
 
 
 def _edge_fwhm_nm(s: np.ndarray, esf: np.ndarray, voxel_nm: float) -> float:
