@@ -3,9 +3,10 @@
 One round, as data (each arrow is a ledger transaction, so a kill anywhere loses nothing):
 
 1. **propose** (task ``propose-batch``): round 0 takes the best distinct candidates of a particle swarm over the
-   surrogate (paper 000, SI §1.2.4); later rounds let BoTorch choose among those candidates with a GP fitted to
-   the *measured* descriptors (residuals over the surrogate's prediction, composite eq.-3 objective inside
-   qLogNEI). The batch is written to the ledger before anything moves.
+   surrogate (paper 000, SI §1.2.4); later rounds let BoTorch choose among those candidates and conditions drawn
+   near the best measured samples (``local_candidates``: the surrogate's bias does not trap the search at the
+   swarm's points) with a GP fitted to the *measured* descriptors (residuals over the surrogate's prediction,
+   composite eq.-3 objective inside qLogNEI). The batch is written to the ledger before anything moves.
 2. **dispatch + ingest** (task ``run-experiment``, tag ``reactor`` with a concurrency limit of 1): a new sample
    id per attempt is written to the ledger (``dispatched``), the ``synthesize_and_image`` plan runs on the
    RunEngine, the images are described with ``describe``'s pipeline and the result is written (``completed``).
@@ -172,12 +173,17 @@ def propose_task(campaign: Campaign, round: int, q: int) -> list[dict]:
             picks = propose_batch([c for c, g in zip(x, good) if g], y[good], campaign.space, campaign.objective,
                                   q=q, candidate_set=[c["conditions"] for c in fresh],
                                   prior_predictor=campaign.predictor, seed=campaign.config.seed + round,
-                                  n_images=campaign.n_images)
+                                  n_images=campaign.n_images, n_local=campaign.config.local_candidates)
             source = "botorch"
         except ValueError as exc:  # e.g. a descriptor the surrogate cannot measure on its tiles: no GP for it
             get_run_logger().warning("BoTorch proposal failed (%s); taking the swarm's next candidates", exc)
             picks, source = [c["conditions"] for c in fresh[:q]], "pso"
         predicted = {json.dumps(c["conditions"], sort_keys=True): c["descriptors"] for c in candidates}
+        others = [p for p in picks if json.dumps(p, sort_keys=True) not in predicted]
+        if others and source == "botorch":  # local picks: the prior's predictions, cached by propose_batch
+            for p, pred in zip(others, campaign.predictor.predict(others, n_images=campaign.n_images,
+                                                                  seed=campaign.config.seed + round)):
+                predicted[json.dumps(p, sort_keys=True)] = _jsonable_descriptors(pred.descriptors)
         chosen = [{"conditions": p, "predicted": predicted.get(json.dumps(p, sort_keys=True)), "source": source}
                   for p in picks]
     if len(chosen) < q:  # the swarm ran dry: fill with feasible random conditions, marked as such
@@ -185,6 +191,10 @@ def propose_task(campaign: Campaign, round: int, q: int) -> list[dict]:
         chosen += [{"conditions": c, "predicted": None, "source": "random"}
                    for c in campaign.space.sample(q - len(chosen), rng)]
     return chosen
+
+
+def _jsonable_descriptors(descriptors: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in descriptors.items()}
 
 
 # ------------------------------------------------------------------------------------------- experiments

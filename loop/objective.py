@@ -1,15 +1,25 @@
-"""The inverse-design objective: paper 000, SI §1.2.4, eq. 3, with descriptors normalised by their ranges.
+"""The inverse-design objective: paper 000, SI §1.2.4, eq. 3, with normalised descriptors.
 
     F = w1 ((D_t - D) / s_D)^2 + w2 ((M_t - M) / s_M)^2 [+ w4 ((S_t - S) / s_S)^2] + w3 ((T_t - T) / s_T)^2
 
 ``D``: D50 (µm), ``M``: mean sphericity, ``S``: sphericity standard deviation (only when the target sets it),
 ``T``: texture. Eq. 3 sums raw squared differences, which would weigh a 1-µm D50 error 400 times more than a
-0.05 sphericity error; dividing each error by the descriptor's range over the virtual lab (``s``: D50 5 µm,
-sphericity 0.23, its std 0.06, texture 1; :data:`loop.config.DESCRIPTOR_RANGES`) makes equal weights mean equal
-importance. The optimisers minimise ``F``; BoTorch maximises ``-F`` (:meth:`Objective.torch`).
+0.05 sphericity error, so each error is divided by a scale ``s`` chosen by ``normalise``:
 
-A NaN descriptor (unmeasurable on generated images) costs :data:`NAN_PENALTY` times its weight: far worse than
-any measurable point (whose terms are at most about 1), but finite so optimisers keep working.
+* ``"tolerance"`` (default): ``s`` is the descriptor's tolerance band, ``tol * max(|t|, 0.1 range)``. Each term
+  is then ``w (residual / tol)^2``: a term is at most ``w`` exactly when that descriptor meets its target, so
+  minimising ``F`` pursues the same thing as :meth:`Objective.target_met` ("every descriptor within 5 %").
+* ``"range"``: ``s`` is the descriptor's range over the virtual lab (D50 5 µm, sphericity 0.23, its std 0.06,
+  texture 1; :data:`loop.config.DESCRIPTOR_RANGES`). Measured against the 5 % bands of the dry run's target
+  (D50 3.44 µm, Ψ 0.89, texture 0.57), this weighs a sphericity miss at its tolerance 30-45x more than a D50 or
+  texture miss at theirs, so an optimiser chases Ψ and lets D50 and texture drift.
+
+Explicit ``scales`` override either. The optimisers minimise ``F``; BoTorch maximises ``-F``
+(:meth:`Objective.torch`).
+
+A NaN descriptor (unmeasurable on generated images) costs :data:`NAN_PENALTY` times its weight (times
+:data:`NAN_PENALTY_TOLERANCE_FACTOR` under tolerance normalisation, whose terms are larger): far worse than any
+measurable point, but finite so optimisers keep working.
 
 A descriptor meets its target when ``|x - t| <= tol * max(|t|, 0.1 s)``: a relative tolerance (default 5 %,
 paper 000's "discrepancies <= 5 % across all metrics"), with a floor at a tenth of the range so that a target
@@ -26,9 +36,13 @@ import numpy as np
 from loop.config import DESCRIPTOR_RANGES, DESCRIPTORS
 from loop.predictor import Prediction, descriptor_array
 
-__all__ = ["Target", "Objective", "target_from_description", "NAN_PENALTY", "DEFAULT_SCALES"]
+__all__ = ["Target", "Objective", "target_from_description", "NAN_PENALTY", "DEFAULT_SCALES", "NORMALISATIONS"]
 
 NAN_PENALTY = 100.0
+#: Under tolerance normalisation a measurable term can reach ~(range / band)^2 ~ 1e3: the NaN penalty scales up.
+NAN_PENALTY_TOLERANCE_FACTOR = 1.0e3
+#: How errors are scaled before squaring (see the module doc).
+NORMALISATIONS = ("tolerance", "range")
 #: Default normalising scale of each descriptor: the width of its range in the virtual lab.
 DEFAULT_SCALES: dict[str, float] = {k: hi - lo for k, (lo, hi) in DESCRIPTOR_RANGES.items()}
 _FLOOR = 0.1  # tolerance floor, as a fraction of the scale
@@ -107,11 +121,16 @@ class Objective:
         Weights of D50, mean sphericity, texture and (if the target sets it) sphericity std. Without ``w4``
         the std term takes ``w2`` (both describe the secondary-particle shape).
     scales : mapping, optional
-        Normalising scale per descriptor (default :data:`DEFAULT_SCALES`).
+        Normalising scale per descriptor; overrides ``normalise`` for the descriptors it names.
+    normalise : {"tolerance", "range"}
+        Scale each error by the descriptor's tolerance band (default: a term is at most its weight exactly when
+        the descriptor meets the target) or by its range over the virtual lab (:data:`DEFAULT_SCALES`).
     """
 
     def __init__(self, target: Target, weights: Sequence[float] = (1.0, 1.0, 1.0),
-                 scales: Mapping[str, float] | None = None) -> None:
+                 scales: Mapping[str, float] | None = None, normalise: str = "tolerance") -> None:
+        if normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}")
         if len(weights) not in (3, 4):
             raise ValueError(f"weights must be (w1, w2, w3) or (w1, w2, w3, w4), got {tuple(weights)}")
         w = [float(v) for v in weights]
@@ -120,11 +139,19 @@ class Objective:
         self.target = target
         by_name = {"d50_um": w[0], "sphericity_mean": w[1], "texture": w[2],
                    "sphericity_std": w[3] if len(w) == 4 else w[1]}
-        scales = {**DEFAULT_SCALES, **dict(scales or {})}
+        base = dict(DEFAULT_SCALES)
+        if normalise == "tolerance":
+            base.update({k: target.tolerances[k] * max(abs(float(getattr(target, k))), _FLOOR * DEFAULT_SCALES[k])
+                         for k in target.keys})
+        scales = {**base, **dict(scales or {})}
         for k in DESCRIPTORS:
             if not (math.isfinite(scales[k]) and scales[k] > 0):
                 raise ValueError(f"scale of {k} must be a positive number, got {scales[k]!r}")
         self.scales = scales
+        # The tolerance floor is a tenth of the descriptor's range, whatever the normalisation.
+        self._floor_scales = scales if normalise == "range" else dict(DEFAULT_SCALES)
+        self.normalise = normalise
+        self.nan_penalty = NAN_PENALTY * (NAN_PENALTY_TOLERANCE_FACTOR if normalise == "tolerance" else 1.0)
         # Per-column (DESCRIPTORS order) target, weight and scale; unused descriptors get weight 0.
         self._t = np.array([float(getattr(target, k)) if k in target.keys else 0.0 for k in DESCRIPTORS])
         self._w = np.array([by_name[k] if k in target.keys else 0.0 for k in DESCRIPTORS])
@@ -132,7 +159,7 @@ class Objective:
         self.weights = {k: float(by_name[k]) for k in target.keys}
 
     def __repr__(self) -> str:
-        return f"Objective(target={self.target.as_dict()}, weights={self.weights})"
+        return f"Objective(target={self.target.as_dict()}, weights={self.weights}, normalise={self.normalise!r})"
 
     def _as_array(self, descriptors: Any) -> np.ndarray:
         if isinstance(descriptors, Mapping) or hasattr(descriptors, "descriptors"):
@@ -152,7 +179,7 @@ class Objective:
         prediction (anything with a ``descriptors`` dict) or a list of them. Returns an ``n`` array."""
         y = self._as_array(descriptors)
         z = ((self._t - y) / self._s) ** 2
-        z = np.where(np.isnan(z), NAN_PENALTY, z)
+        z = np.where(np.isnan(z), self.nan_penalty, z)
         return (z * self._w).sum(axis=-1)
 
     def torch(self, samples: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
@@ -168,7 +195,7 @@ class Objective:
         nan = torch.isnan(samples)
         # Replace NaN before the arithmetic: a NaN in torch.where's unused branch still poisons the gradient.
         z = ((t - torch.where(nan, t.expand_as(samples), samples)) / s) ** 2
-        z = torch.where(nan, torch.full_like(z, NAN_PENALTY), z)
+        z = torch.where(nan, torch.full_like(z, self.nan_penalty), z)
         return (z * w).sum(dim=-1)
 
     def residuals(self, descriptors: Mapping[str, float] | Prediction) -> dict[str, float]:
@@ -179,7 +206,7 @@ class Objective:
             t = float(getattr(self.target, k))
             x = d.get(k)
             x = math.nan if x is None else float(x)
-            out[k] = (x - t) / max(abs(t), _FLOOR * self.scales[k])
+            out[k] = (x - t) / max(abs(t), _FLOOR * self._floor_scales[k])
         return out
 
     def target_met(self, descriptors: Mapping[str, float] | Prediction) -> bool:

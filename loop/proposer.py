@@ -16,6 +16,12 @@ candidates already measured or pending, else ``optimize_acqf`` on the relaxed un
 the ratio window). A relaxed point that decodes onto a measured, pending or already chosen point is replaced by
 the best remaining point of a random feasible set, so the batch is always ``q`` distinct new conditions.
 
+Local candidates (``n_local``): a candidate set chosen once over the surrogate (the swarm's best points) carries
+the surrogate's bias: if it over-predicts D50 by 10 % near the target, no point of that set makes the right
+particles, however well the residual GP learns the bias. ``n_local`` conditions drawn in a trust region around the
+best *measured* experiments (:meth:`~loop.space.SearchSpace.neighbours`) join the set, so the corrected model can
+pick a step away from where the surrogate alone aimed.
+
 Prior predictor (e.g. the diffusion surrogate): the GP models the *residual* measured minus predicted
 descriptors, and the predictions are added back inside the MC objective (``Y + prior(X)``). Where measurements
 are few the GP residual reverts to its mean and the proposals follow the predictor; where measurements exist
@@ -42,7 +48,7 @@ from loop.objective import Objective
 from loop.predictor import MorphologyPredictor, conditions_key, descriptor_array
 from loop.space import SearchSpace
 
-__all__ = ["fit_descriptor_model", "build_acquisition", "propose_batch", "PriorLookup"]
+__all__ = ["fit_descriptor_model", "build_acquisition", "propose_batch", "local_candidates", "PriorLookup"]
 DTYPE = torch.float64
 
 
@@ -160,7 +166,9 @@ def propose_batch(train_X_conditions: Sequence[Mapping[str, Any]], train_Y: Any,
                   objective: Objective, q: int = 4, pending: Sequence[Mapping[str, Any]] | None = None,
                   candidate_set: Sequence[Mapping[str, Any]] | None = None,
                   prior_predictor: MorphologyPredictor | None = None, seed: int = 0, n_images: int = 4,
-                  num_restarts: int = 8, raw_samples: int = 256, mc_samples: int = 128) -> list[dict[str, Any]]:
+                  num_restarts: int = 8, raw_samples: int = 256, mc_samples: int = 128, n_local: int = 0,
+                  local_radius: float | Sequence[float] = (0.05, 0.1, 0.2),
+                  local_centres: int = 2) -> list[dict[str, Any]]:
     """Propose ``q`` distinct new conditions to synthesise, given the measured ones.
 
     Parameters
@@ -185,6 +193,10 @@ def propose_batch(train_X_conditions: Sequence[Mapping[str, Any]], train_Y: Any,
         Seeds random sets, the MC sampler and the optimiser's restarts.
     n_images : int
         Images per condition asked of ``prior_predictor``.
+    n_local : int
+        Conditions drawn around the ``local_centres`` measured experiments with the lowest objective (steps of
+        ``local_radius`` in the unit cube) and added to the candidate set, when there is one (see the module
+        doc); 0: none.
 
     Returns
     -------
@@ -206,6 +218,9 @@ def propose_batch(train_X_conditions: Sequence[Mapping[str, Any]], train_Y: Any,
     rng = np.random.default_rng(seed)
     if prior_predictor is not None and candidate_set is None:
         candidate_set = space.sample(raw_samples, rng)
+    if n_local and candidate_set is not None:
+        candidate_set = list(candidate_set or []) + local_candidates(space, train, objective(Y), n_local,
+                                                                     local_radius, local_centres, rng)
     if candidate_set is not None:
         candidate_set = _new_feasible(space, candidate_set, taken)
         if len(candidate_set) < q:
@@ -229,6 +244,30 @@ def propose_batch(train_X_conditions: Sequence[Mapping[str, Any]], train_Y: Any,
         if candidate_set is not None:
             return _choose_discrete(acq, space, candidate_set, q)
         return _choose_continuous(acq, space, q, taken, rng, num_restarts, raw_samples)
+
+
+def local_candidates(space: SearchSpace, conditions: Sequence[Mapping[str, Any]], objective_values: Any, n: int,
+                     radius: float | Sequence[float] = (0.05, 0.1, 0.2), centres: int = 2,
+                     rng: np.random.Generator | int | None = None) -> list[dict[str, Any]]:
+    """``n`` conditions around the ``centres`` best of ``conditions`` (lowest ``objective_values``), split evenly.
+
+    Parameters
+    ----------
+    conditions : list of dict
+        ``k`` measured conditions.
+    objective_values : array
+        ``k`` objective values (NaN rows are never centres).
+    """
+    f = np.asarray(objective_values, dtype=float)
+    if f.shape != (len(conditions),):
+        raise ValueError(f"need one objective value per condition, got {f.shape} for {len(conditions)}")
+    order = [i for i in np.argsort(np.where(np.isfinite(f), f, np.inf)) if np.isfinite(f[i])][:max(centres, 1)]
+    rng = np.random.default_rng(rng)
+    out: list[dict[str, Any]] = []
+    for j, i in enumerate(order):
+        share = n // len(order) + (1 if j < n % len(order) else 0)
+        out += space.neighbours(conditions[i], share, radius, rng)
+    return out
 
 
 def _choose_discrete(acq: qLogNoisyExpectedImprovement, space: SearchSpace, candidates: list[dict],

@@ -256,6 +256,26 @@ class SearchSpace:
                 return out[:n]
         return out + self.from_unit(self._draw_unit(n - len(out), rng))
 
+    def neighbours(self, centre: Mapping[str, Any], n: int, radius: float | Sequence[float] = 0.1,
+                   rng: np.random.Generator | int | None = None) -> list[dict[str, Any]]:
+        """``n`` feasible conditions near ``centre``: a Gaussian step in the unit cube (a trust region).
+
+        Continuous and integer columns move by ``N(0, r^2)`` with ``r`` cycling through ``radius`` (one value or
+        several, to mix small and large steps), clipped to ``[0, 1]``; categorical parameters keep the centre's
+        choice (a change of atmosphere is not a small step). Points are repaired into the ratio window.
+        """
+        rng = np.random.default_rng(rng)
+        radii = np.resize(np.atleast_1d(np.asarray(radius, dtype=float)), n)
+        if not np.all(np.isfinite(radii) & (radii > 0)):
+            raise ValueError(f"radius must be positive, got {radius!r}")
+        x = np.repeat(self.to_unit(centre), n, axis=0)
+        col = 0
+        for p in self.free:
+            if not isinstance(p, Categorical):
+                x[:, col] = np.clip(x[:, col] + radii * rng.standard_normal(n), 0.0, 1.0)
+            col += p.width
+        return self.from_unit(x)
+
     def _draw_unit(self, n: int, rng: np.random.Generator) -> np.ndarray:
         x = rng.random((n, self.dim))
         col = 0

@@ -27,9 +27,33 @@ def test_zero_at_target_and_increasing_away_along_each_descriptor():
         assert np.all(np.diff(f_below) > 0), k
 
 
-def test_errors_are_normalised_by_descriptor_ranges():
+def test_by_default_a_term_reaches_its_weight_exactly_at_the_tolerance():
+    """Tolerance normalisation: F and target_met agree on what "close" means, descriptor by descriptor."""
+    obj = Objective(TARGET, weights=(1, 2, 3, 4))
+    weights = {"d50_um": 1, "sphericity_mean": 2, "sphericity_std": 4, "texture": 3}
+    for k, w in weights.items():
+        edge = {**AT_TARGET, k: AT_TARGET[k] * 1.05}
+        assert obj(edge)[0] == pytest.approx(w)
+        assert obj.target_met({**AT_TARGET, k: AT_TARGET[k] * 1.049})
+        assert obj({**AT_TARGET, k: AT_TARGET[k] * 0.90})[0] == pytest.approx(4 * w)  # twice the band: 4x
+    # the floor of the tolerance is the floor of the scale: a texture target of 0.02 has a band of 0.005
+    low_texture = Objective(Target(4.0, 0.85, 0.02))
+    assert low_texture({**AT_TARGET, "texture": 0.025})[0] == pytest.approx(1.0)
+
+
+def test_range_normalisation_weighs_sphericity_far_above_d50_at_their_tolerances():
+    """Why tolerance is the default: by ranges, a 5 % sphericity miss costs ~30x a 5 % D50 miss."""
+    by_range = Objective(Target(3.44, 0.89, 0.57), normalise="range")
+    d50 = by_range({**AT_TARGET, "d50_um": 3.44 * 1.05, "sphericity_mean": 0.89, "texture": 0.57})[0]
+    sph = by_range({**AT_TARGET, "d50_um": 3.44, "sphericity_mean": 0.89 * 1.05, "texture": 0.57})[0]
+    assert sph > 25 * d50
+    with pytest.raises(ValueError, match="normalise must be one of"):
+        Objective(TARGET, normalise="zscore")
+
+
+def test_range_normalisation_divides_errors_by_descriptor_ranges():
     """10 % of each descriptor's range costs the same: the weights compare like with like."""
-    obj = Objective(TARGET, weights=(1, 1, 1, 1))
+    obj = Objective(TARGET, weights=(1, 1, 1, 1), normalise="range")
     ranges = {"d50_um": 5.0, "sphericity_mean": 0.23, "sphericity_std": 0.06, "texture": 1.0}
     terms = [obj({**AT_TARGET, k: AT_TARGET[k] + 0.1 * r})[0] for k, r in ranges.items()]
     np.testing.assert_allclose(terms, 0.01)
@@ -85,10 +109,11 @@ def test_nan_descriptor_is_a_large_finite_penalty():
     obj = Objective(TARGET)
     worst_measurable = obj({"d50_um": 7.0, "sphericity_mean": 0.70, "sphericity_std": 0.08, "texture": 0.0})[0]
     f = obj({**AT_TARGET, "texture": math.nan})[0]
-    assert math.isfinite(f) and f == NAN_PENALTY and f > 10 * worst_measurable
+    assert math.isfinite(f) and f == obj.nan_penalty and f > 10 * worst_measurable
     assert not obj.target_met({**AT_TARGET, "texture": math.nan})
     assert not obj.target_met({k: v for k, v in AT_TARGET.items() if k != "texture"})
-    assert obj.torch(torch.tensor([[4.0, 0.85, 0.04, math.nan]])).item() == NAN_PENALTY
+    assert obj.torch(torch.tensor([[4.0, 0.85, 0.04, math.nan]])).item() == obj.nan_penalty
+    assert Objective(TARGET, normalise="range")({**AT_TARGET, "texture": math.nan})[0] == NAN_PENALTY
 
 
 def test_target_met_uses_relative_tolerance_with_a_floor():
