@@ -5,7 +5,7 @@ One round, as data (each arrow is a ledger transaction, so a kill anywhere loses
 1. **propose** (task ``propose-batch``): round 0 takes the best distinct candidates of a particle swarm over the
    surrogate (paper 000, SI §1.2.4); later rounds let BoTorch choose among those candidates and conditions drawn
    near the best measured samples (``local_candidates``: the surrogate's bias does not trap the search at the
-   swarm's points) with a GP fitted to the *measured* descriptors (residuals over the surrogate's prediction,
+   swarm's points) or at random (``random_candidates``: exploration where the surrogate is blind) with a GP fitted to the *measured* descriptors (residuals over the surrogate's prediction,
    composite eq.-3 objective inside qLogNEI). The batch is written to the ledger before anything moves.
 2. **dispatch + ingest** (task ``run-experiment``, tag ``reactor`` with a concurrency limit of 1): a new sample
    id per attempt is written to the ledger (``dispatched``), the ``synthesize_and_image`` plan runs on the
@@ -173,7 +173,8 @@ def propose_task(campaign: Campaign, round: int, q: int) -> list[dict]:
             picks = propose_batch([c for c, g in zip(x, good) if g], y[good], campaign.space, campaign.objective,
                                   q=q, candidate_set=[c["conditions"] for c in fresh],
                                   prior_predictor=campaign.predictor, seed=campaign.config.seed + round,
-                                  n_images=campaign.n_images, n_local=campaign.config.local_candidates)
+                                  n_images=campaign.n_images, n_local=campaign.config.local_candidates,
+                                  n_random=campaign.config.random_candidates)
             source = "botorch"
         except ValueError as exc:  # e.g. a descriptor the surrogate cannot measure on its tiles: no GP for it
             get_run_logger().warning("BoTorch proposal failed (%s); taking the swarm's next candidates", exc)

@@ -19,6 +19,7 @@ Example ``campaign.toml`` (everything but ``data_dir`` and ``target`` has a defa
     max_attempts = 3                 # dispatches per experiment before it is abandoned
     interrupted_policy = "requeue"   # what resume does with experiments a kill left in flight (loop.ledger)
     local_candidates = 24            # conditions near the best measured samples offered to BoTorch each round
+    random_candidates = 16           # and random feasible conditions (exploration where the surrogate is blind)
 
     [target]                         # numbers ... or: reference_image = "ref.tif" and pixel_size_um = 0.05
     d50_um = 4.5
@@ -302,6 +303,8 @@ class CampaignConfig(_Section):
     retrain_minutes: float = Field(0.5, gt=0, description="give the fine-tuning time per retrain in minutes (> 0)")
     local_candidates: Annotated[StrictInt, Field(ge=0, le=1024, description="give the conditions drawn near the "
                                                  "best measured samples each round, an integer in 0-1024")] = 24
+    random_candidates: Annotated[StrictInt, Field(ge=0, le=1024, description="give the random conditions offered "
+                                                  "to BoTorch each round, an integer in 0-1024")] = 16
 
     @field_validator("search_space")
     @classmethod

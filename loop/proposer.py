@@ -20,7 +20,9 @@ Local candidates (``n_local``): a candidate set chosen once over the surrogate (
 the surrogate's bias: if it over-predicts D50 by 10 % near the target, no point of that set makes the right
 particles, however well the residual GP learns the bias. ``n_local`` conditions drawn in a trust region around the
 best *measured* experiments (:meth:`~loop.space.SearchSpace.neighbours`) join the set, so the corrected model can
-pick a step away from where the surrogate alone aimed.
+pick a step away from where the surrogate alone aimed. ``n_random`` feasible random conditions join it too: where
+the surrogate has no skill (it barely predicts sphericity), the GP's uncertainty away from the data is what finds
+the way, and it needs points away from the data to choose.
 
 Prior predictor (e.g. the diffusion surrogate): the GP models the *residual* measured minus predicted
 descriptors, and the predictions are added back inside the MC objective (``Y + prior(X)``). Where measurements
@@ -168,7 +170,7 @@ def propose_batch(train_X_conditions: Sequence[Mapping[str, Any]], train_Y: Any,
                   prior_predictor: MorphologyPredictor | None = None, seed: int = 0, n_images: int = 4,
                   num_restarts: int = 8, raw_samples: int = 256, mc_samples: int = 128, n_local: int = 0,
                   local_radius: float | Sequence[float] = (0.05, 0.1, 0.2),
-                  local_centres: int = 2) -> list[dict[str, Any]]:
+                  local_centres: int = 2, n_random: int = 0) -> list[dict[str, Any]]:
     """Propose ``q`` distinct new conditions to synthesise, given the measured ones.
 
     Parameters
@@ -197,6 +199,8 @@ def propose_batch(train_X_conditions: Sequence[Mapping[str, Any]], train_Y: Any,
         Conditions drawn around the ``local_centres`` measured experiments with the lowest objective (steps of
         ``local_radius`` in the unit cube) and added to the candidate set, when there is one (see the module
         doc); 0: none.
+    n_random : int
+        Feasible random conditions added to the candidate set, when there is one; 0: none.
 
     Returns
     -------
@@ -218,9 +222,9 @@ def propose_batch(train_X_conditions: Sequence[Mapping[str, Any]], train_Y: Any,
     rng = np.random.default_rng(seed)
     if prior_predictor is not None and candidate_set is None:
         candidate_set = space.sample(raw_samples, rng)
-    if n_local and candidate_set is not None:
-        candidate_set = list(candidate_set or []) + local_candidates(space, train, objective(Y), n_local,
-                                                                     local_radius, local_centres, rng)
+    if (n_local or n_random) and candidate_set is not None:
+        candidate_set = (list(candidate_set) + local_candidates(space, train, objective(Y), n_local, local_radius,
+                                                                local_centres, rng) + space.sample(n_random, rng))
     if candidate_set is not None:
         candidate_set = _new_feasible(space, candidate_set, taken)
         if len(candidate_set) < q:

@@ -257,12 +257,13 @@ class SearchSpace:
         return out + self.from_unit(self._draw_unit(n - len(out), rng))
 
     def neighbours(self, centre: Mapping[str, Any], n: int, radius: float | Sequence[float] = 0.1,
-                   rng: np.random.Generator | int | None = None) -> list[dict[str, Any]]:
+                   rng: np.random.Generator | int | None = None, switch: float = 0.25) -> list[dict[str, Any]]:
         """``n`` feasible conditions near ``centre``: a Gaussian step in the unit cube (a trust region).
 
         Continuous and integer columns move by ``N(0, r^2)`` with ``r`` cycling through ``radius`` (one value or
-        several, to mix small and large steps), clipped to ``[0, 1]``; categorical parameters keep the centre's
-        choice (a change of atmosphere is not a small step). Points are repaired into the ratio window.
+        several, to mix small and large steps), clipped to ``[0, 1]``; each categorical parameter switches to
+        another choice with probability ``switch`` (an atmosphere has no small step: it keeps or it changes).
+        Points are repaired into the ratio window.
         """
         rng = np.random.default_rng(rng)
         radii = np.resize(np.atleast_1d(np.asarray(radius, dtype=float)), n)
@@ -273,6 +274,11 @@ class SearchSpace:
         for p in self.free:
             if not isinstance(p, Categorical):
                 x[:, col] = np.clip(x[:, col] + radii * rng.standard_normal(n), 0.0, 1.0)
+            elif p.width > 1:
+                flip = rng.random(n) < switch
+                current = x[:, col:col + p.width].argmax(axis=1)
+                other = (current + rng.integers(1, p.width, size=n)) % p.width  # uniform over the others
+                x[flip, col:col + p.width] = np.eye(p.width)[other[flip]]
             col += p.width
         return self.from_unit(x)
 

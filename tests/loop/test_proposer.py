@@ -107,17 +107,27 @@ def test_local_candidates_surround_the_best_measured_conditions():
     f = np.array([3.0, 0.5, np.nan, 0.1, 2.0])
     local = local_candidates(SPACE, X, f, n=9, radius=0.05, centres=2, rng=0)
     assert len(local) == 9 and all(SPACE.is_feasible(c) for c in local)
-    # the two best (rows 3 and 1) share the draws 5 + 4, each keeping its atmosphere, and stay close to it
-    dist = np.linalg.norm(SPACE.to_unit(local)[:, None, :] - SPACE.to_unit(X)[None, :, :], axis=-1)
-    nearest = dist.argmin(axis=1)
-    assert sorted(nearest.tolist()) == [1] * 4 + [3] * 5
-    assert all(c["atmosphere"] == X[i]["atmosphere"] for c, i in zip(local, nearest))
-    assert dist.min(axis=1).max() < 0.05 * 4 * np.sqrt(SPACE.dim)
+    # the two best (rows 3 and 1) share the draws 5 + 4 and stay close to them (continuous columns)
+    continuous = [i for i, c in enumerate(SPACE.columns) if "=" not in c]
+    unit, centres = SPACE.to_unit(local)[:, continuous], SPACE.to_unit(X)[:, continuous]
+    dist = np.linalg.norm(unit[:, None, :] - centres[None, :, :], axis=-1)
+    assert sorted(dist.argmin(axis=1).tolist()) == [1] * 4 + [3] * 5
+    assert dist.min(axis=1).max() < 0.05 * 4 * np.sqrt(len(continuous))
     assert local == local_candidates(SPACE, X, f, n=9, radius=0.05, centres=2, rng=0)  # seeded
     with pytest.raises(ValueError, match="one objective value per condition"):
         local_candidates(SPACE, X, f[:3], n=4)
     with pytest.raises(ValueError, match="radius must be positive"):
         SPACE.neighbours(X[0], 3, radius=0.0)
+
+
+def test_neighbours_keep_or_switch_the_atmosphere_as_asked():
+    centre = {**SPACE.sample(1, np.random.default_rng(0))[0], "atmosphere": "air"}
+    assert {c["atmosphere"] for c in SPACE.neighbours(centre, 50, 0.1, rng=1, switch=0.0)} == {"air"}
+    counts = {a: 0 for a in ("n2", "sealed", "air")}
+    for c in SPACE.neighbours(centre, 2000, 0.1, rng=1, switch=0.25):
+        counts[c["atmosphere"]] += 1
+    assert 0.70 < counts["air"] / 2000 < 0.80  # kept 75 % of the time, the rest split over the other two
+    assert abs(counts["n2"] - counts["sealed"]) < 0.05 * 2000
 
 
 class BiasedPrior:
