@@ -3,10 +3,11 @@
 One round, as data (each arrow is a ledger transaction, so a kill anywhere loses nothing):
 
 1. **propose** (task ``propose-batch``): round 0 takes the best distinct candidates of a particle swarm over the
-   surrogate (paper 000, SI §1.2.4); later rounds let BoTorch choose among those candidates and conditions drawn
+   surrogate (paper 000, SI §1.2.4); later rounds let BoTorch choose among those candidates, conditions drawn
    near the best measured samples (``local_candidates``: the surrogate's bias does not trap the search at the
-   swarm's points) or at random (``random_candidates``: exploration where the surrogate is blind) with a GP fitted to the *measured* descriptors (residuals over the surrogate's prediction,
-   composite eq.-3 objective inside qLogNEI). The batch is written to the ledger before anything moves.
+   swarm's points) and random ones (``random_candidates``: exploration where the surrogate is blind), with a GP
+   fitted to the *measured* descriptors (residuals over the surrogate's prediction, composite eq.-3 objective
+   inside qLogNEI). The batch is written to the ledger before anything moves.
 2. **dispatch + ingest** (task ``run-experiment``, tag ``reactor`` with a concurrency limit of 1): a new sample
    id per attempt is written to the ledger (``dispatched``), the ``synthesize_and_image`` plan runs on the
    RunEngine, the images are described with ``describe``'s pipeline and the result is written (``completed``).
