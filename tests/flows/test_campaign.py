@@ -64,6 +64,8 @@ def test_campaign_start_records_every_experiment_and_reports(tmp_path, prefect_h
             row = ledger.experiment(eid)
             assert row["run_uid"] in store.runs()
             assert all(Path(p).is_file() for p in row["images"])
+            if row["source"] == "botorch":  # swarm, local or random pick: each carries the surrogate's prediction
+                assert row["predicted"] and row["predicted"]["d50_um"] > 0
     store.close()
     # the reactor takes one experiment at a time, whoever else uses this Prefect server
     from prefect.client.orchestration import get_client
@@ -81,6 +83,7 @@ def test_campaign_start_records_every_experiment_and_reports(tmp_path, prefect_h
     ({"colour": "red"}, ["colour"]),
     ({"batch_size": 0}, ["batch_size"]),
     ({"model_dir": "/no/such/model"}, ["model_dir"]),
+    ({"local_candidates": -1}, ["local_candidates", "0-1024"]),
 ])
 def test_bad_configs_exit_2_and_name_the_field(tmp_path, extra, words):
     path = write_config(tmp_path)
