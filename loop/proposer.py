@@ -266,6 +266,8 @@ def local_candidates(space: SearchSpace, conditions: Sequence[Mapping[str, Any]]
     if f.shape != (len(conditions),):
         raise ValueError(f"need one objective value per condition, got {f.shape} for {len(conditions)}")
     order = [i for i in np.argsort(np.where(np.isfinite(f), f, np.inf)) if np.isfinite(f[i])][:max(centres, 1)]
+    if not order or n <= 0:
+        return []
     rng = np.random.default_rng(rng)
     out: list[dict[str, Any]] = []
     for j, i in enumerate(order):

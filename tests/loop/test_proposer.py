@@ -114,6 +114,8 @@ def test_local_candidates_surround_the_best_measured_conditions():
     assert sorted(dist.argmin(axis=1).tolist()) == [1] * 4 + [3] * 5
     assert dist.min(axis=1).max() < 0.05 * 4 * np.sqrt(len(continuous))
     assert local == local_candidates(SPACE, X, f, n=9, radius=0.05, centres=2, rng=0)  # seeded
+    assert local_candidates(SPACE, X, np.full(5, np.nan), n=4) == []  # no measured centre: nothing local
+    assert local_candidates(SPACE, X, f, n=0) == []
     with pytest.raises(ValueError, match="one objective value per condition"):
         local_candidates(SPACE, X, f[:3], n=4)
     with pytest.raises(ValueError, match="radius must be positive"):
