@@ -185,7 +185,7 @@ def propose_task(campaign: Campaign, round: int, q: int) -> list[dict]:
         if others and source == "botorch":  # local picks: the prior's predictions, cached by propose_batch
             for p, pred in zip(others, campaign.predictor.predict(others, n_images=campaign.n_images,
                                                                   seed=campaign.config.seed + round)):
-                predicted[json.dumps(p, sort_keys=True)] = _jsonable_descriptors(pred.descriptors)
+                predicted[json.dumps(p, sort_keys=True)] = dict(pred.descriptors)  # the ledger stores NaN as null
         chosen = [{"conditions": p, "predicted": predicted.get(json.dumps(p, sort_keys=True)), "source": source}
                   for p in picks]
     if len(chosen) < q:  # the swarm ran dry: fill with feasible random conditions, marked as such
@@ -193,10 +193,6 @@ def propose_task(campaign: Campaign, round: int, q: int) -> list[dict]:
         chosen += [{"conditions": c, "predicted": None, "source": "random"}
                    for c in campaign.space.sample(q - len(chosen), rng)]
     return chosen
-
-
-def _jsonable_descriptors(descriptors: dict[str, float]) -> dict[str, float | None]:
-    return {k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in descriptors.items()}
 
 
 # ------------------------------------------------------------------------------------------- experiments
