@@ -220,6 +220,40 @@ def calibrate(
     _err(f"generation calibration written to {model_dir / 'surrogate.json'} ({fit['n_conditions']} conditions)")
 
 
+@surrogate_app.command("stack")
+def stack(
+    model: Path = typer.Option(..., "--model", help="Model folder (its surrogate.json is rewritten)."),
+    conditions: int = typer.Option(160, "--conditions", min=8, help="Training conditions to fit on."),
+    n: int = typer.Option(2, "--n", min=1, help="Tiles per condition and magnification (as screening uses)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Solver steps (default: the model's)."),
+    seed: int = typer.Option(1, "--seed", help="Noise seed of the fitting tiles (keep it off the report's 0)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the stack as one JSON object on stdout."),
+) -> None:
+    """Fit the descriptor stack (generated descriptors + a GP on the training set's) for one sampler setting;
+    rewrites MODEL/surrogate.json, weights unchanged."""
+    from flows.surrogate_flow import stack_descriptors
+    from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE
+
+    model_dir = _default_model(model)
+    if not (model_dir / TRAINING_DESCRIPTORS_FILE).is_file():
+        _err(f"error: {model_dir} has no {TRAINING_DESCRIPTORS_FILE}; stack a model written by "
+             "'morphloop surrogate train'")
+        raise typer.Exit(2)
+    with _console().status(f"generating {conditions} training conditions x {n} tiles, cross-validating the GP"):
+        fit = stack_descriptors(model_dir, conditions, n, steps, seed)
+    if as_json:
+        typer.echo(json.dumps(fit, default=float))
+    else:
+        rows = ["| descriptor | a | b (generated) | c (GP) | R² generated | R² GP (cv) | R² stacked |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        rows += [f"| {k} | {a:.4f} | {b:.4f} | {c:.4f} | {fit['r2']['generated'][k]:.3f} | "
+                 f"{fit['r2']['gp_cv'][k]:.3f} | {fit['r2']['stacked'][k]:.3f} |"
+                 for k, (a, b, c) in fit["weights"].items()]
+        _err("\n".join(rows))
+    _err(f"stack for {fit['steps']} steps x {fit['n_images']} tiles written to {model_dir / 'surrogate.json'} "
+         f"({fit['n_conditions']} conditions)")
+
+
 @surrogate_app.command("report")
 def report(
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: the shipped model)."),

@@ -18,7 +18,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.surrogate_data import condition_schema, conditions_of, load_training_set
-from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE, describe_low_tiles, fit_affine, tile_textures
+from models.surrogate.descriptors import describe_low_tiles, fit_affine, tile_textures
 from models.surrogate.model import LatentDiffusionSurrogate, SurrogateConfig
 from models.surrogate.training import TileSet, TrainingBudget, fine_tune, train_from_scratch
 
@@ -103,6 +103,23 @@ def calibrate_generation(model_dir: str | Path, n_conditions: int = 64, n_images
     return fit
 
 
+def stack_descriptors(model_dir: str | Path, n_conditions: int = 160, n_images: int = 2, steps: int | None = None,
+                      seed: int = 1) -> dict:
+    """Fit a saved model's descriptor stack for ``steps`` solver steps (default: the model's) and ``n_images``
+    tiles on its training conditions; it replaces a stack of the same setting in ``surrogate.json``."""
+    from models.surrogate.calibration import fit_stack_on_training
+    from models.surrogate.predictor import SurrogatePredictor
+
+    predictor = SurrogatePredictor.from_pretrained(model_dir, steps=steps)
+    stack = fit_stack_on_training(predictor, n_conditions, n_images, seed)
+    cfg = predictor.surrogate.config
+    cfg.descriptor_stacks = [s for s in cfg.descriptor_stacks
+                             if (int(s["steps"]), int(s["n_images"])) != (stack.steps, stack.n_images)]
+    cfg.descriptor_stacks.append(stack.to_json())
+    predictor.surrogate.save_config(model_dir)
+    return stack.to_json()
+
+
 @flow(name="surrogate-train")
 def train_surrogate(data_dir: str, out_dir: str, minutes: float = 30.0, resume: bool = False, seed: int = 0,
                     vae_fraction: float = 0.2, progress: Callable[[str, int, float], None] | None = None,
@@ -137,8 +154,8 @@ def train_surrogate(data_dir: str, out_dir: str, minutes: float = 30.0, resume: 
     decoded = TileSet(reconstruct(model, tiles.tiles), tiles.conditions, tiles.magnifications)
     model.config.__dict__.update(calibrate_descriptors(describe_training_task(decoded, train_rows, pixel_size_um)))
     model.config.guidance_scale = config.guidance_scale  # this release's sampling default, also on a warm start
+    model.training_descriptors = described  # saved beside the weights (baselines, calibration, stacking)
     model.save_pretrained(out)
-    described.to_json(out / TRAINING_DESCRIPTORS_FILE, orient="records", indent=1)
     calibration = (calibrate_generation_task(str(out), calibration_conditions, model=model)
                    if calibration_conditions else None)
     summary.update({"data_dir": str(data_dir), "n_tiles": int(len(tiles.tiles)),

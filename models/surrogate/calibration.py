@@ -11,6 +11,7 @@ with noise seeds that no report uses. A weakly predicted descriptor gets a small
 toward the training mean, which is what a least-squares predictor should do with little information.
 
 ``morphloop surrogate calibrate`` (re)fits it for a saved model; ``surrogate train`` fits it at the end.
+``morphloop surrogate stack`` fits a descriptor stack (:mod:`models.surrogate.stacking`) the same way.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import pandas as pd
 
 from models.surrogate.descriptors import DESCRIPTOR_NAMES, TRAINING_DESCRIPTORS_FILE, fit_affine
 from models.surrogate.fidelity import r2_score
+from models.surrogate.stacking import DescriptorStack, cross_validated_gp, fit_descriptor_stack
 
 if TYPE_CHECKING:
     from models.surrogate.model import SurrogateConfig
@@ -82,3 +84,25 @@ def fit_generation_calibration(predictor: SurrogatePredictor, model_dir: str | P
     return {"generation_calibration": maps, "n_conditions": int(len(chosen)),
             "r2_before": {k: r2_score(target[finite, j], generated[finite, j]) for j, k in enumerate(DESCRIPTOR_NAMES)},
             "r2_after": {k: r2_score(target[finite, j], after[finite, j]) for j, k in enumerate(DESCRIPTOR_NAMES)}}
+
+
+def fit_stack_on_training(predictor: SurrogatePredictor, n_conditions: int = 160, n_images: int = 2,
+                          seed: int = 1) -> DescriptorStack:
+    """Fit a :class:`~models.surrogate.stacking.DescriptorStack` for ``predictor``'s solver steps and
+    ``n_images`` tiles on ``n_conditions`` of the model's training conditions (generated with noise ``seed``,
+    the GP cross-validated over all training conditions)."""
+    table = predictor.surrogate.training_descriptors
+    if table is None:
+        raise ValueError("the surrogate has no training descriptors (training_descriptors.json); stack a model "
+                         "written by 'morphloop surrogate train'")
+    conditions, simulated = training_tile_descriptors(table, predictor.surrogate.config)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(conditions), min(n_conditions, len(conditions)), replace=False))
+    if len(chosen) < MIN_CALIBRATION_CONDITIONS:
+        raise ValueError(f"a stack needs at least {MIN_CALIBRATION_CONDITIONS} training conditions, got {len(chosen)}")
+    predictions = predictor.predict([conditions[i] for i in chosen], n_images=n_images, seed=seed,
+                                    generation_calibration=False)
+    generated = np.array([[p.uncalibrated[k] for k in DESCRIPTOR_NAMES] for p in predictions], float)
+    gp_cv = cross_validated_gp(predictor.surrogate.schema.encode(conditions), simulated, chosen, seed=seed)
+    steps = predictor.steps or predictor.surrogate.config.sampling_steps
+    return fit_descriptor_stack(generated, gp_cv, simulated[chosen], steps, n_images)

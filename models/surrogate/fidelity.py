@@ -45,23 +45,8 @@ def nearest_condition_index(queries: np.ndarray, design: np.ndarray) -> np.ndarr
 
 
 def gp_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
-    """Baseline: one GP per descriptor (BoTorch ``SingleTaskGP``, Matérn-5/2 ARD, standardised outcomes) from
-    encoded conditions (``n x d``) straight to descriptors (``n x m``); returns posterior means (``t x m``)."""
-    from botorch.fit import fit_gpytorch_mll
-    from botorch.models import SingleTaskGP
-    from botorch.models.transforms import Standardize
-    from gpytorch.mlls import ExactMarginalLogLikelihood
+    """Baseline: one GP per descriptor (:class:`~models.surrogate.stacking.TrainingSetGP`) from encoded
+    conditions (``n x d``) straight to descriptors (``n x m``); returns posterior means (``t x m``)."""
+    from models.surrogate.stacking import TrainingSetGP
 
-    x = torch.as_tensor(train_x, dtype=torch.float64)
-    xt = torch.as_tensor(test_x, dtype=torch.float64)
-    out = np.full((len(test_x), train_y.shape[1]), np.nan)
-    for j in range(train_y.shape[1]):
-        y = torch.as_tensor(train_y[:, j], dtype=torch.float64)
-        ok = torch.isfinite(y)
-        if ok.sum() < 3:
-            continue
-        gp = SingleTaskGP(x[ok], y[ok, None], outcome_transform=Standardize(m=1))
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
-        with torch.no_grad():
-            out[:, j] = gp.posterior(xt).mean[:, 0].numpy()
-    return out
+    return TrainingSetGP(train_x, train_y).predict(test_x)

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
 from models.checkpointing import atomic_write
 from models.surrogate.conditioning import ConditionEncoder, ConditionSchema, warn_if_out_of_domain
+from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE
 
 MAGNIFICATIONS = ("low", "high")
 CONFIG_FILE = "surrogate.json"
@@ -75,6 +77,9 @@ class SurrogateConfig:
     generation_calibration : dict
         ``{descriptor: [a, b]}``: descriptors of generated tiles -> those of simulated tiles, fitted on training
         conditions (:mod:`models.surrogate.calibration`); empty = none.
+    descriptor_stacks : list of dict
+        :class:`~models.surrogate.stacking.DescriptorStack` configs, one per sampler setting: generated
+        descriptors stacked with a GP on the training set's descriptors (what screening predicts; empty = none).
     """
 
     conditions: list[dict]
@@ -93,6 +98,7 @@ class SurrogateConfig:
     texture_calibration: list[float] = field(default_factory=lambda: [0.0, 1.0])
     d50_calibration: list[float] = field(default_factory=lambda: [0.0, 1.0])
     generation_calibration: dict = field(default_factory=dict)
+    descriptor_stacks: list[dict] = field(default_factory=list)
 
     @property
     def schema(self) -> ConditionSchema:
@@ -158,11 +164,17 @@ def magnification_onehot(magnification: str, n: int) -> np.ndarray:
 
 
 class LatentDiffusionSurrogate:
-    """Autoencoder + conditioned denoiser + condition encoder + noise schedule, with save/load and sampling."""
+    """Autoencoder + conditioned denoiser + condition encoder + noise schedule, with save/load and sampling.
+
+    ``training_descriptors`` is the table of the training conditions and their simulated tiles' descriptors
+    (``training_descriptors.json``, written by training); it travels with the model through fine-tuning.
+    """
 
     def __init__(self, config: SurrogateConfig, vae: AutoencoderKL | None = None, unet: UNet2DModel | None = None,
-                 encoder: ConditionEncoder | None = None, scheduler: DDPMScheduler | None = None):
+                 encoder: ConditionEncoder | None = None, scheduler: DDPMScheduler | None = None,
+                 training_descriptors: pd.DataFrame | None = None):
         self.config = config
+        self.training_descriptors = training_descriptors
         self.schema = config.schema
         self.vae = vae if vae is not None else build_autoencoder(config)
         self.unet = unet if unet is not None else build_denoiser(config)
@@ -268,6 +280,8 @@ class LatentDiffusionSurrogate:
         self.encoder.save_pretrained(directory / "condition_encoder")
         self.scheduler.save_pretrained(directory / "scheduler")
         self.save_config(directory)
+        if self.training_descriptors is not None:
+            self.training_descriptors.to_json(directory / TRAINING_DESCRIPTORS_FILE, orient="records", indent=1)
         return directory
 
     def save_config(self, directory: str | Path) -> Path:
@@ -291,9 +305,11 @@ class LatentDiffusionSurrogate:
             unet = UNet2DModel.from_pretrained(directory / "unet", **quiet)
             encoder = ConditionEncoder.from_pretrained(directory / "condition_encoder", **quiet)
             scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+            table_path = directory / TRAINING_DESCRIPTORS_FILE
+            table = pd.read_json(table_path, orient="records") if table_path.is_file() else None
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise SurrogateModelError(f"cannot load the surrogate in {directory}: {exc}; {fix}") from exc
-        return cls(config, vae.eval(), unet.eval(), encoder.eval(), scheduler)
+        return cls(config, vae.eval(), unet.eval(), encoder.eval(), scheduler, table)
 
     def parameter_count(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in m.parameters())

@@ -12,9 +12,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from models.surrogate.calibration import apply_generation_calibration
+from models.surrogate.calibration import apply_generation_calibration, training_tile_descriptors
 from models.surrogate.descriptors import DESCRIPTOR_NAMES, describe_high_tiles, describe_low_tiles
 from models.surrogate.model import LatentDiffusionSurrogate
+from models.surrogate.stacking import DescriptorStack, TrainingSetGP, nearest_stack
 
 
 @dataclass
@@ -23,7 +24,9 @@ class MorphologyPrediction:
     scale of full-frame ``describe`` and through the model's generation calibration), their spread across tiles
     (``spread``), the tiles themselves (``images``: ``{"low": k x H x W, "high": k x H x W}``), the pooled
     particle diameters and sphericities, and the descriptors before the generation calibration
-    (``uncalibrated``)."""
+    (``uncalibrated``). With a descriptor stack (:mod:`models.surrogate.stacking`) ``descriptors`` are the
+    stacked prediction and ``generated`` the generated images' own (calibrated) descriptors; without one the two
+    are equal."""
 
     conditions: dict
     descriptors: dict[str, float]
@@ -33,15 +36,48 @@ class MorphologyPrediction:
     sphericities: np.ndarray = field(default_factory=lambda: np.zeros(0))
     domain_distance: float = float("nan")
     uncalibrated: dict[str, float] = field(default_factory=dict)
+    generated: dict[str, float] = field(default_factory=dict)
 
 
 class SurrogatePredictor:
-    """Generates ``n_images`` tiles per magnification per condition and describes them."""
+    """Generates ``n_images`` tiles per magnification per condition and describes them.
+
+    ``stack=True`` (default) predicts through the model's descriptor stack for the sampler setting nearest to
+    ``steps`` and ``n_images`` when the model has one and its training descriptors; ``False`` returns the
+    generated images' descriptors only (what the fidelity report judges)."""
 
     def __init__(self, surrogate: LatentDiffusionSurrogate, steps: int | None = None,
-                 guidance_scale: float | None = None, batch_size: int = 64):
+                 guidance_scale: float | None = None, batch_size: int = 64, stack: bool = True):
         self.surrogate = surrogate
         self.steps, self.guidance_scale, self.batch_size = steps, guidance_scale, batch_size
+        self.stack = stack
+        self._training_gp: TrainingSetGP | None = None
+
+    def descriptor_stack(self, n_images: int) -> DescriptorStack | None:
+        """The stack used for ``n_images`` tiles at this predictor's solver steps (None: predictions are the
+        generated descriptors)."""
+        if not self.stack or self.surrogate.training_descriptors is None:
+            return None
+        cfg = self.surrogate.config
+        return nearest_stack(cfg.descriptor_stacks, self.steps or cfg.sampling_steps, n_images)
+
+    def training_gp(self) -> TrainingSetGP:
+        """The GP on the training set's descriptors (fitted on first use, a few seconds)."""
+        if self._training_gp is None:
+            if self.surrogate.training_descriptors is None:
+                raise ValueError("this surrogate has no training descriptors (training_descriptors.json)")
+            conditions, values = training_tile_descriptors(self.surrogate.training_descriptors, self.surrogate.config)
+            self._training_gp = TrainingSetGP(self.surrogate.schema.encode(conditions), values)
+        return self._training_gp
+
+    def stacked(self, conditions: Sequence[Mapping[str, Any]], generated: np.ndarray, n_images: int
+                ) -> np.ndarray | None:
+        """Stacked descriptors (``n x 4``) of ``conditions`` from their uncalibrated generated ones, or None
+        without a stack."""
+        stack = self.descriptor_stack(n_images)
+        if stack is None:
+            return None
+        return stack.apply(generated, self.training_gp().predict(self.surrogate.schema.encode(conditions)))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs) -> SurrogatePredictor:
@@ -61,24 +97,39 @@ class SurrogatePredictor:
         """Descriptors of already generated tiles (one prediction per condition)."""
         cfg = self.surrogate.config
         maps = cfg.generation_calibration if generation_calibration else {}
-        out = []
-        for i, cond in enumerate(conditions):
+        raws, lows, highs = [], [], []
+        for i in range(len(conditions)):
             low = describe_low_tiles(tiles["low"][i], cfg.pixel_size_um["low"])
             high = describe_high_tiles(tiles["high"][i], cfg.pixel_size_um["high"], cfg.texture_calibration)
             a, b = cfg.d50_calibration
-            d50 = a + b * low["d50_um"]
-            raw = {"d50_um": float(d50), "sphericity_mean": float(low["sphericity_mean"]),
-                   "sphericity_std": float(low["sphericity_std"]), "texture": float(high["texture"])}
-            descriptors = apply_generation_calibration(raw, maps)
-            slope = {k: abs(maps[k][1]) if k in maps else 1.0 for k in DESCRIPTOR_NAMES}
-            spread = {"d50_um": slope["d50_um"] * abs(b) * low["d50_um_spread"],
+            raws.append({"d50_um": float(a + b * low["d50_um"]), "sphericity_mean": float(low["sphericity_mean"]),
+                         "sphericity_std": float(low["sphericity_std"]), "texture": float(high["texture"])})
+            lows.append(low)
+            highs.append(high)
+        raw_array = np.array([[r[k] for k in DESCRIPTOR_NAMES] for r in raws], float).reshape(-1, 4)
+        # the stack replaces the generation calibration (an affine map of the generated values is one special case)
+        stack = self.descriptor_stack(int(tiles["low"].shape[1])) if generation_calibration and len(raws) else None
+        stacked = (stack.apply(raw_array, self.training_gp().predict(self.surrogate.schema.encode(conditions)))
+                   if stack is not None else None)
+        out = []
+        for i, cond in enumerate(conditions):
+            raw, low, high = raws[i], lows[i], highs[i]
+            generated = apply_generation_calibration(raw, maps)
+            if stacked is not None:
+                descriptors = dict(zip(DESCRIPTOR_NAMES, stacked[i].tolist()))
+                slope = {k: stack.weights[k][1] if k in stack.weights else 1.0 for k in DESCRIPTOR_NAMES}
+            else:
+                descriptors = generated
+                slope = {k: abs(maps[k][1]) if k in maps else 1.0 for k in DESCRIPTOR_NAMES}
+            spread = {"d50_um": slope["d50_um"] * abs(cfg.d50_calibration[1]) * low["d50_um_spread"],
                       "texture": slope["texture"] * high["texture_spread"],
                       "sphericity_mean": float("nan"), "sphericity_std": float("nan")}
             images = {m: tiles[m][i] for m in tiles} if keep_images else {}
-            out.append(MorphologyPrediction(dict(cond), {k: descriptors[k] for k in DESCRIPTOR_NAMES},
+            out.append(MorphologyPrediction(dict(cond), {k: float(descriptors[k]) for k in DESCRIPTOR_NAMES},
                                             spread, images, low["diameters_um"], low["sphericities"],
                                             float(distances[i]) if distances is not None else float("nan"),
-                                            uncalibrated=raw))
+                                            uncalibrated=raw,
+                                            generated={k: float(generated[k]) for k in DESCRIPTOR_NAMES}))
         return out
 
     def predict(self, conditions: Sequence[Mapping[str, Any]], n_images: int = 4, seed: int = 0,
