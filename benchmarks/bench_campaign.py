@@ -1,7 +1,7 @@
 """Closed-loop sample efficiency: experiments until a reachable target is met (issue 6's acceptance; not a test).
 
     .venv/bin/python benchmarks/bench_campaign.py [--targets 10] [--budget 24] [--batch 4] [--model DIR]
-        [--methods morphloop,bo,random] [--seed 0] [--out DIR] [--json]
+        [--methods morphloop,bo,random] [--random-budget N] [--seed 0] [--out DIR] [--json]
 
 Every method runs real simulated experiments through the same path as a campaign: the ``synthesize_and_image``
 plan on a RunEngine with the simulated reactor and SEM (:class:`flows.dispatch.InProcessDispatcher`), then
@@ -19,7 +19,9 @@ and batch size:
   with the dry run's settings;
 * ``bo``: BO without images: the same BoTorch proposer (GP on conditions -> measured descriptors, composite
   objective in qLogNEI) from ``--batch`` random conditions, no surrogate, no candidate set;
-* ``random``: uniformly random feasible conditions.
+* ``random``: uniformly random feasible conditions, ``--random-budget`` of them (default ``--budget``). One
+  random sequence, each condition synthesised and measured once, is scored against every target: each target's
+  count is one run of random search, at a tenth of the experiments.
 * ``oracle`` (a reference, not a method): the hidden conditions themselves, synthesised again and again; how many
   experiments the lab's own noise takes to land within tolerance (the floor every method shares);
 * ``design`` (issue 5's acceptance, not a campaign): ``morphloop design``'s search once (PSO over the surrogate,
@@ -113,14 +115,15 @@ def _first_met(objective: Objective, measured: list[dict]) -> int | None:
     return None
 
 
-def run_random(target: dict, budget: int, batch: int, seed: int, work: Path) -> int | None:
-    lab, objective = Lab(work, seed), _objective(target)
-    measured = []
-    for conditions in SearchSpace.default().sample(budget, np.random.default_rng(seed)):
-        measured.append(lab.measure(conditions))
-        if _first_met(objective, measured[-1:]):
-            return len(measured)
-    return None
+def measure_random_sequence(budget: int, seed: int, work: Path) -> list[dict]:
+    """``budget`` uniformly random feasible conditions, each synthesised and measured once."""
+    lab = Lab(work, seed)
+    return [lab.measure(c) for c in SearchSpace.default().sample(budget, np.random.default_rng(seed))]
+
+
+def run_random(target: dict, sequence: list[dict]) -> int | None:
+    """Random search on ``target``: the first sample of the random ``sequence`` that meets it (1-based)."""
+    return _first_met(_objective(target), sequence)
 
 
 def run_oracle(target: dict, budget: int, seed: int, work: Path) -> int | None:
@@ -173,14 +176,15 @@ def run_morphloop(target: dict, budget: int, batch: int, seed: int, work: Path, 
 
 def run_design(target: dict, seed: int, work: Path, model: str | None, particles: int, iters: int) -> int | None:
     from loop.predictor import CachedPredictor
-    from loop.pso import run_pso
+    from loop.pso import known_starts, run_pso
     from models.surrogate.model import DEFAULT_MODEL_DIR
     from models.surrogate.predictor import SurrogatePredictor
 
     predictor = CachedPredictor(SurrogatePredictor.from_pretrained(model or DEFAULT_MODEL_DIR, steps=6))
     objective = _objective(target)
     result = run_pso(predictor, SearchSpace.default(), objective, n_particles=particles, iters=iters, n_images=2,
-                     seed=seed, top_k=1, stop_when_met=False)
+                     seed=seed, top_k=1, stop_when_met=False,
+                     init_conditions=known_starts(predictor, objective, particles // 2))
     measured = Lab(work, seed).measure(result.candidates[0].conditions)
     return _first_met(objective, [measured])
 
@@ -190,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--targets", type=int, default=10)
     parser.add_argument("--budget", type=int, default=24)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--random-budget", type=int, default=None,
+                        help="Random search's budget (default: --budget). Experiments cost ~1 s here, so a larger "
+                             "one measures random's median instead of bounding it.")
     parser.add_argument("--model", default=None)
     parser.add_argument("--methods", default="morphloop,bo,random")
     parser.add_argument("--design-particles", type=int, default=20)
@@ -210,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict] = {}
     for method in methods:
         counts, t0 = [], time.perf_counter()
-        budget = 1 if method == "design" else args.budget  # design synthesises its best candidate once
+        budget = {"design": 1,  # design synthesises its best candidate once
+                  "random": args.random_budget or args.budget}.get(method, args.budget)
         for i, target in enumerate(targets):
             work = root / method / f"target_{i:02d}"
             if method == "morphloop":
@@ -222,11 +230,13 @@ def main(argv: list[str] | None = None) -> dict:
             elif method == "bo":
                 n = run_bo(target, args.budget, args.batch, args.seed + i, work)
             else:
-                n = run_random(target, args.budget, args.batch, args.seed + i, work)
+                if i == 0:  # one random sequence serves every target: each count is one run of random search
+                    sequence = measure_random_sequence(budget, args.seed, root / "random")
+                n = run_random(target, sequence)
             counts.append(n)
             print(f"{method} target {i}: {n if n is not None else f'not met in {budget}'}", file=sys.stderr)
         capped = [budget + 1 if n is None else n for n in counts]
-        results[method] = {"experiments_to_target": counts, "median": float(np.median(capped)),
+        results[method] = {"experiments_to_target": counts, "median": float(np.median(capped)), "budget": budget,
                            "met": sum(n is not None for n in counts), "wall_time_s": time.perf_counter() - t0}
     report = {"targets": [{k: t[k] for k in ("descriptors", "replicate_spread")} for t in targets],
               "budget": args.budget, "batch": args.batch, "tolerance": TOLERANCE, "methods": results}

@@ -49,8 +49,8 @@ from loop.config import DESCRIPTORS
 from loop.ledger import Ledger, sample_id_for
 from loop.objective import Objective, Target, target_from_description
 from loop.predictor import CachedPredictor
-from loop.proposer import propose_batch
-from loop.pso import run_pso
+from loop.proposer import propose_batch, spread_batch
+from loop.pso import known_starts, run_pso
 from models.describe import Describer
 from models.surrogate.model import DEFAULT_MODEL_DIR
 from models.surrogate.predictor import SurrogatePredictor
@@ -139,6 +139,8 @@ def swarm_candidates(campaign: Campaign, refresh: bool = False) -> list[dict]:
     result = run_pso(campaign.predictor, campaign.space, campaign.objective, n_particles=campaign.config.pso.particles,
                      iters=campaign.config.pso.iters, n_images=campaign.n_images, seed=campaign.config.seed,
                      top_k=max(4 * campaign.config.batch_size, 16), stop_when_met=False,
+                     init_conditions=known_starts(campaign.predictor, campaign.objective,
+                                                  campaign.config.pso.particles // 2, campaign.space.fixed),
                      progress=(lambda i, best: campaign.progress("pso", {"iteration": i, "objective": best.objective}))
                      if campaign.progress else None)
     candidates = [c.to_dict() for c in result.candidates]
@@ -168,7 +170,9 @@ def propose_task(campaign: Campaign, round: int, q: int) -> list[dict]:
     fresh = [c for c in candidates if json.dumps(c["conditions"], sort_keys=True) not in done]
     good = ~np.isnan(y).any(axis=1) if len(y) else np.zeros(0, bool)
     if good.sum() < 2:
-        chosen = [{"conditions": c["conditions"], "predicted": c["descriptors"], "source": "pso"} for c in fresh[:q]]
+        spread = spread_batch(campaign.space, [c["conditions"] for c in fresh], q)
+        chosen = [{"conditions": fresh[i]["conditions"], "predicted": fresh[i]["descriptors"], "source": "pso"}
+                  for i in spread]
     else:
         try:
             picks = propose_batch([c for c, g in zip(x, good) if g], y[good], campaign.space, campaign.objective,

@@ -61,7 +61,7 @@ def design(
     """Particle swarm over the surrogate toward a numeric or reference-image target."""
     from loop.objective import Objective
     from loop.predictor import CachedPredictor
-    from loop.pso import run_pso
+    from loop.pso import known_starts, run_pso
     from loop.space import SearchSpace
     from models.surrogate.model import DEFAULT_MODEL_DIR, SurrogateModelError
     from models.surrogate.predictor import SurrogatePredictor
@@ -88,9 +88,11 @@ def design(
 
     with Progress(console=Console(file=sys.stderr), transient=True) as progress:
         task = progress.add_task("particle swarm", total=iters)
-        result = run_pso(predictor, SearchSpace.default(), Objective(target), n_particles=max(particles, 2),
+        objective = Objective(target)
+        result = run_pso(predictor, SearchSpace.default(), objective, n_particles=max(particles, 2),
                          iters=iters, n_images=n_images, seed=seed,
-                         progress=lambda i, best: progress.update(task, completed=i))
+                         progress=lambda i, best: progress.update(task, completed=i),
+                         init_conditions=known_starts(predictor, objective, max(particles, 2) // 2))
     best = result.best
     images: dict[str, list[str]] = {}
     if out is not None:

@@ -177,13 +177,15 @@ def generate(
                 write_sem_tiff(path, tile, px[mag], bits=16, extra={"conditions": pred.conditions,
                                                                     "generated_by": "morphloop surrogate"})
                 paths[mag].append(str(path))
+        clean = lambda d: {k: (None if not math.isfinite(v) else v) for k, v in d.items()}  # noqa: E731
+        # descriptors of the generated images; the stacked screening prediction (images + training-set GP) apart
         record = {"conditions": pred.conditions, "images": paths, "pixel_size_um": px,
-                  "descriptors": {k: (None if not math.isfinite(v) else v) for k, v in pred.descriptors.items()},
+                  "descriptors": clean(pred.generated), "predicted": clean(pred.descriptors),
                   "domain_distance": None if not math.isfinite(pred.domain_distance) else pred.domain_distance}
         if as_json:
             typer.echo(json.dumps(record))
         else:
-            d = pred.descriptors
+            d = pred.generated
             _err(f"condition {i}: D50 {d['d50_um']:.2f} µm, sphericity {d['sphericity_mean']:.3f} "
                  f"± {d['sphericity_std']:.3f}, texture {d['texture']:.3f} -> {out / f'condition_{i:03d}'}")
 

@@ -50,7 +50,8 @@ from loop.objective import Objective
 from loop.predictor import MorphologyPredictor, conditions_key, descriptor_array
 from loop.space import SearchSpace
 
-__all__ = ["fit_descriptor_model", "build_acquisition", "propose_batch", "local_candidates", "PriorLookup"]
+__all__ = ["fit_descriptor_model", "build_acquisition", "propose_batch", "local_candidates", "spread_batch",
+           "PriorLookup"]
 DTYPE = torch.float64
 
 
@@ -274,6 +275,28 @@ def local_candidates(space: SearchSpace, conditions: Sequence[Mapping[str, Any]]
         share = n // len(order) + (1 if j < n % len(order) else 0)
         out += space.neighbours(conditions[i], share, radius, rng)
     return out
+
+
+def spread_batch(space: SearchSpace, ranked: Sequence[Mapping[str, Any]], q: int, min_distance: float = 0.25
+                 ) -> list[int]:
+    """Indices of ``q`` of ``ranked`` (best first), each at least ``min_distance`` from those already taken in
+    the unit cube; if too few are that far apart, the best remaining ones fill the batch.
+
+    The first batch of a campaign has no measurement to choose with: the swarm's top candidates usually sit
+    within a few per cent of each other, and four of them measure one morphology four times. Spread, they
+    measure four guesses.
+    """
+    if q <= 0 or not len(ranked):
+        return []
+    x = space.to_unit([dict(c) for c in ranked])
+    taken: list[int] = []
+    for i in range(len(ranked)):
+        if len(taken) == q:
+            break
+        if all(np.linalg.norm(x[i] - x[j]) >= min_distance for j in taken):
+            taken.append(i)
+    taken += [i for i in range(len(ranked)) if i not in taken][:q - len(taken)]
+    return taken
 
 
 def _choose_discrete(acq: qLogNoisyExpectedImprovement, space: SearchSpace, candidates: list[dict],

@@ -33,7 +33,8 @@ from loop.objective import Objective
 from loop.predictor import MorphologyPredictor, Prediction, conditions_key
 from loop.space import SearchSpace
 
-__all__ = ["Candidate", "PSOResult", "run_pso", "run_random_search", "distinct_conditions", "PSO_OPTIONS"]
+__all__ = ["Candidate", "PSOResult", "run_pso", "run_random_search", "distinct_conditions",
+           "best_known_conditions", "known_starts", "PSO_OPTIONS"]
 
 #: Constriction coefficients of Clerc & Kennedy (2002): a standard, convergent choice.
 PSO_OPTIONS = {"c1": 1.49618, "c2": 1.49618, "w": 0.7298}
@@ -219,7 +220,8 @@ def run_pso(predictor: MorphologyPredictor, space: SearchSpace, objective: Objec
             iters: int = 50, n_images: int = 4, seed: int = 0, batch: bool = True,
             progress: Callable[[int, Candidate], Any] | None = None, patience: int | None = None,
             stop_when_met: bool = True, options: Mapping[str, float] | None = None,
-            top_k: int = 10, noise_seed: int | None = None) -> PSOResult:
+            top_k: int = 10, noise_seed: int | None = None,
+            init_conditions: Sequence[Mapping[str, Any]] | None = None) -> PSOResult:
     """Search conditions minimising ``objective`` of the predicted descriptors with a global-best swarm.
 
     Parameters
@@ -252,6 +254,9 @@ def run_pso(predictor: MorphologyPredictor, space: SearchSpace, objective: Objec
     noise_seed : int, optional
         The ``seed`` passed to every ``predict`` call (default ``seed``): fix it to compare swarm seeds on the
         same deterministic objective.
+    init_conditions : list of dict, optional
+        Where the first particles start (e.g. :func:`best_known_conditions`); the others start at feasible
+        random samples. At most ``n_particles`` are used.
 
     Returns
     -------
@@ -261,6 +266,9 @@ def run_pso(predictor: MorphologyPredictor, space: SearchSpace, objective: Objec
     _check_budget(n_particles, iters, n_images, patience, space)
     t0 = time.perf_counter()
     init = np.clip(space.to_unit(space.sample(n_particles, np.random.default_rng(seed))), 0.0, 1.0)
+    if init_conditions:
+        seeded = [dict(c) for c in init_conditions][:n_particles]
+        init[:len(seeded)] = np.clip(space.to_unit([space.repair(c) for c in seeded]), 0.0, 1.0)
     evaluator = _Evaluator(predictor, objective, n_images, seed if noise_seed is None else noise_seed, batch,
                            progress, patience, stop_when_met)
 
@@ -317,3 +325,33 @@ def _jsonable(value: Any) -> Any:
 def distinct_conditions(candidates: Sequence[Candidate]) -> list[dict[str, Any]]:
     """The conditions of ``candidates`` (for :func:`loop.proposer.propose_batch`'s ``candidate_set``)."""
     return [dict(c.conditions) for c in candidates]
+
+
+def best_known_conditions(conditions: Sequence[Mapping[str, Any]], descriptors: np.ndarray, objective: Objective,
+                          k: int) -> list[dict[str, Any]]:
+    """The ``k`` conditions whose known descriptors (``n x 4``, :data:`~loop.config.DESCRIPTORS` columns, e.g. a
+    surrogate's training set) score best under ``objective``, best first; NaN rows last.
+
+    Starting part of a swarm there (``run_pso(..., init_conditions=...)``) spends its iterations near
+    morphologies already known to be close instead of rediscovering them from random points."""
+    if len(conditions) != len(descriptors):
+        raise ValueError(f"need one descriptor row per condition, got {len(descriptors)} for {len(conditions)}")
+    if k <= 0 or not len(conditions):
+        return []
+    f = objective(np.asarray(descriptors, float))
+    order = np.argsort(np.where(np.isfinite(f), f, np.inf), kind="stable")[:k]
+    return [dict(conditions[i]) for i in order]
+
+
+def known_starts(predictor: Any, objective: Objective, k: int, fixed: Mapping[str, Any] | None = None
+                 ) -> list[dict[str, Any]]:
+    """:func:`best_known_conditions` over the examples a predictor was trained on: ``predictor`` (or the one a
+    :class:`~loop.predictor.CachedPredictor` wraps) may offer ``training_examples() -> (conditions, n x 4)``;
+    without it, none. ``fixed`` values override the examples' (the search space's fixed parameters)."""
+    inner = getattr(predictor, "predictor", predictor)
+    known = inner.training_examples() if hasattr(inner, "training_examples") else None
+    if known is None:
+        return []
+    conditions, descriptors = known
+    return best_known_conditions([{**c, **dict(fixed or {})} for c in conditions], descriptors, objective, k)
+

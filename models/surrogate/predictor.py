@@ -61,12 +61,19 @@ class SurrogatePredictor:
         cfg = self.surrogate.config
         return nearest_stack(cfg.descriptor_stacks, self.steps or cfg.sampling_steps, n_images)
 
+    def training_examples(self) -> tuple[list[dict], np.ndarray] | None:
+        """The training conditions and their simulated tiles' descriptors (``n x 4``, on the full-frame scale),
+        or None for a model without ``training_descriptors.json``."""
+        if self.surrogate.training_descriptors is None:
+            return None
+        return training_tile_descriptors(self.surrogate.training_descriptors, self.surrogate.config)
+
     def training_gp(self) -> TrainingSetGP:
         """The GP on the training set's descriptors (fitted on first use, a few seconds)."""
         if self._training_gp is None:
             if self.surrogate.training_descriptors is None:
                 raise ValueError("this surrogate has no training descriptors (training_descriptors.json)")
-            conditions, values = training_tile_descriptors(self.surrogate.training_descriptors, self.surrogate.config)
+            conditions, values = self.training_examples()
             self._training_gp = TrainingSetGP(self.surrogate.schema.encode(conditions), values)
         return self._training_gp
 

@@ -69,6 +69,8 @@ def test_generate_json_contract_and_seeds(tmp_path):
         assert set(rec["images"]) == {"low", "high"} and all(len(v) == 2 for v in rec["images"].values())
         assert rec["pixel_size_um"] == {"low": pytest.approx(0.2), "high": pytest.approx(0.01)}
         assert set(rec["descriptors"]) == {"d50_um", "sphericity_mean", "sphericity_std", "texture"}
+        # the shipped model has a descriptor stack: its screening prediction differs from the images' own values
+        assert set(rec["predicted"]) == set(rec["descriptors"]) and rec["predicted"] != rec["descriptors"]
         tile = tifffile.imread(rec["images"]["low"][0])
         assert tile.shape == (128, 128)
     again, _ = _generate(tmp_path / "b", unseen)
@@ -111,8 +113,12 @@ def test_report_json_has_the_figures_and_baselines(tmp_path):
     result = invoke("surrogate", "report", "--out", tmp_path, "--heldout", 3, "--unseen", 2, "--n", 2, "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report["r2"]) == {"surrogate", "surrogate before generation calibration",
+    stacked = "screening prediction (images + training-set GP, stacked)"
+    assert set(report["r2"]) == {"surrogate", "surrogate before generation calibration", stacked,
                                  "nearest training condition", "GP conditions->descriptors"}
+    # the goals judge the generated images, not the stacked prediction
+    assert report["r2"][stacked]["d50_um"] != report["r2"]["surrogate"]["d50_um"]
+    assert report["goals_met"]["d50_um"] == (report["r2"]["surrogate"]["d50_um"] >= 0.91)
     assert set(report["r2"]["surrogate"]) == {"d50_um", "sphericity_mean", "sphericity_std", "texture"}
     assert report["n_conditions"] == 5
     assert report["distribution"]["diameter_wasserstein_um"] >= 0
@@ -136,6 +142,29 @@ def test_calibrate_rewrites_only_the_config_and_refuses_a_folder_without_trainin
     assert (model / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
     (model / "training_descriptors.json").unlink()
     result = invoke("surrogate", "calibrate", "--model", model)
+    assert result.exit_code == 2 and "training_descriptors.json" in result.stderr
+
+
+def test_stack_adds_one_stack_per_setting_and_refuses_a_folder_without_training_descriptors(tmp_path):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("report"))
+    before = json.loads((model / "surrogate.json").read_text())
+    result = invoke("surrogate", "stack", "--model", model, "--conditions", 8, "--n", 1, "--steps", 2, "--json")
+    assert result.exit_code == 0, result.stderr
+    fit = json.loads(result.stdout)
+    assert (fit["steps"], fit["n_images"], fit["n_conditions"]) == (2, 1, 8)
+    assert all(len(w) == 3 and w[1] >= 0 and w[2] >= 0 for w in fit["weights"].values())
+    saved = json.loads((model / "surrogate.json").read_text())
+    settings = [(s["steps"], s["n_images"]) for s in saved["descriptor_stacks"]]
+    assert settings == [(s["steps"], s["n_images"]) for s in before["descriptor_stacks"]] + [(2, 1)]
+    assert saved["generation_calibration"] == before["generation_calibration"]
+    result = invoke("surrogate", "stack", "--model", model, "--conditions", 8, "--n", 1, "--steps", 2, "--json")
+    assert [(s["steps"], s["n_images"]) for s in json.loads((model / "surrogate.json").read_text())
+            ["descriptor_stacks"]].count((2, 1)) == 1  # refitting a setting replaces its stack
+    (model / "training_descriptors.json").unlink()
+    result = invoke("surrogate", "stack", "--model", model)
     assert result.exit_code == 2 and "training_descriptors.json" in result.stderr
 
 

@@ -9,7 +9,7 @@ import torch
 
 from loop.objective import Objective, Target
 from loop.predictor import descriptor_array
-from loop.proposer import build_acquisition, fit_descriptor_model, local_candidates, propose_batch
+from loop.proposer import build_acquisition, fit_descriptor_model, local_candidates, propose_batch, spread_batch
 from loop.space import SearchSpace
 
 SPACE = SearchSpace.default()
@@ -174,3 +174,17 @@ def test_local_candidates_let_the_loop_step_past_a_biased_surrogate(truth_predic
     f_local, hits_local = closed_loop(truth_predictor, target_seed, n_local=24)
     assert f_local < 0.5 * f_swarm_only
     assert hits_local > hits_swarm_only
+
+
+def test_spread_batch_skips_near_duplicates_and_fills_when_it_must():
+    space = SearchSpace.default()
+    base = space.sample(1, np.random.default_rng(0))[0]
+    near = [dict(base, ph=base["ph"] + 0.002 * i) for i in range(4)]  # four nearly identical top candidates
+    far = space.sample(3, np.random.default_rng(1))
+    ranked = near + far
+    picks = spread_batch(space, ranked, 3)
+    assert picks[0] == 0 and all(i >= 4 for i in picks[1:])  # best kept, its twins skipped
+    x = space.to_unit([ranked[i] for i in picks])
+    assert min(np.linalg.norm(x[i] - x[j]) for i in range(3) for j in range(i)) >= 0.25
+    assert spread_batch(space, near, 3) == [0, 1, 2]  # nothing far enough: the best remaining fill the batch
+    assert spread_batch(space, ranked, 0) == [] and spread_batch(space, [], 2) == []

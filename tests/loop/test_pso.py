@@ -10,7 +10,7 @@ import pytest
 
 from loop.objective import Objective, Target
 from loop.predictor import CachedPredictor, Prediction
-from loop.pso import PSOResult, run_pso, run_random_search
+from loop.pso import PSOResult, best_known_conditions, known_starts, run_pso, run_random_search
 from loop.space import SearchSpace
 
 SPACE = SearchSpace.default()
@@ -205,3 +205,53 @@ def test_duck_typed_predictions_are_accepted(truth_predictor):
     reference = run_pso(truth_predictor(), SPACE, objective, n_particles=8, iters=3, seed=0, stop_when_met=False)
     result = run_pso(predictor, SPACE, objective, n_particles=8, iters=3, seed=0, stop_when_met=False)
     assert result.history == reference.history
+
+
+class RecordingPredictor:
+    """Every asked condition, in order; the predictions come from ``inner``."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.asked = inner, []
+
+    def predict(self, conditions, n_images=4, seed=0):
+        self.asked.append([dict(c) for c in conditions])
+        return self.inner.predict(conditions, n_images=n_images, seed=seed)
+
+
+def test_known_morphologies_rank_by_the_objective_and_seed_the_swarm(truth_predictor):
+    inner = truth_predictor()
+    objective = reachable_objective(inner)
+    pool = SPACE.sample(30, np.random.default_rng(4)) + [dict(KNOWN)]
+    known = np.array([[inner.truth(c)[k] for k in ("d50_um", "sphericity_mean", "sphericity_std", "texture")]
+                      for c in pool])
+    known[0] = np.nan  # an unmeasurable example ranks last
+    best = best_known_conditions(pool, known, objective, 3)
+    assert best[0] == KNOWN and pool[0] not in best
+    assert best_known_conditions(pool, known, objective, len(pool))[-1] == pool[0]
+    with pytest.raises(ValueError, match="one descriptor row per condition"):
+        best_known_conditions(pool, known[:3], objective, 2)
+
+    recorder = RecordingPredictor(inner)
+    seeded = run_pso(recorder, SPACE, objective, n_particles=8, iters=3, seed=0, stop_when_met=False,
+                     init_conditions=best)
+    first = recorder.asked[0]
+    assert [SPACE.to_unit(c).round(6).tolist() for c in first[:3]] == [SPACE.to_unit(c).round(6).tolist()
+                                                                      for c in best]
+    # the swarm starting at the known optimum ends at least as close as one started at random points
+    unseeded = run_pso(truth_predictor(), SPACE, objective, n_particles=8, iters=3, seed=0, stop_when_met=False)
+    assert seeded.best.objective <= unseeded.best.objective
+    at_known = objective(np.array([[inner.predict([KNOWN])[0].descriptors[k] for k in
+                                    ("d50_um", "sphericity_mean", "sphericity_std", "texture")]]))[0]
+    assert seeded.best.objective <= at_known + 1e-12
+
+
+def test_known_starts_come_from_a_predictors_training_examples_through_the_cache(truth_predictor):
+    inner = truth_predictor()
+    objective = reachable_objective(inner)
+    assert known_starts(inner, objective, 3) == []  # a predictor without training examples: no starts
+    pool = SPACE.sample(12, np.random.default_rng(5)) + [dict(KNOWN)]
+    descriptors = np.array([[inner.truth(c)[k] for k in ("d50_um", "sphericity_mean", "sphericity_std", "texture")]
+                            for c in pool])
+    inner.training_examples = lambda: (pool, descriptors)
+    starts = known_starts(CachedPredictor(inner), objective, 2, fixed={"stir_rpm": 900.0})
+    assert len(starts) == 2 and starts[0] == {**KNOWN, "stir_rpm": 900.0}
