@@ -117,6 +117,8 @@ def stack_descriptors(model_dir: str | Path, n_conditions: int = 160, n_images: 
                              if (int(s["steps"]), int(s["n_images"])) != (stack.steps, stack.n_images)]
     cfg.descriptor_stacks.append(stack.to_json())
     predictor.surrogate.save_config(model_dir)
+    predictor.training_gp()  # fitted once here and shipped, so that every process predicts the same numbers
+    predictor.surrogate.save_training_gp(model_dir)
     return stack.to_json()
 
 

@@ -31,6 +31,8 @@ from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE
 
 MAGNIFICATIONS = ("low", "high")
 CONFIG_FILE = "surrogate.json"
+#: The GP on the training descriptors, fitted once (``surrogate stack``) so every process predicts the same.
+TRAINING_GP_FILE = "training_gp.safetensors"
 
 
 class SurrogateModelError(ValueError):
@@ -172,9 +174,11 @@ class LatentDiffusionSurrogate:
 
     def __init__(self, config: SurrogateConfig, vae: AutoencoderKL | None = None, unet: UNet2DModel | None = None,
                  encoder: ConditionEncoder | None = None, scheduler: DDPMScheduler | None = None,
-                 training_descriptors: pd.DataFrame | None = None):
+                 training_descriptors: pd.DataFrame | None = None,
+                 training_gp_state: dict[str, torch.Tensor] | None = None):
         self.config = config
         self.training_descriptors = training_descriptors
+        self.training_gp_state = training_gp_state
         self.schema = config.schema
         self.vae = vae if vae is not None else build_autoencoder(config)
         self.unet = unet if unet is not None else build_denoiser(config)
@@ -282,7 +286,15 @@ class LatentDiffusionSurrogate:
         self.save_config(directory)
         if self.training_descriptors is not None:
             self.training_descriptors.to_json(directory / TRAINING_DESCRIPTORS_FILE, orient="records", indent=1)
+        self.save_training_gp(directory)
         return directory
+
+    def save_training_gp(self, directory: str | Path) -> None:
+        """Write the fitted training-set GP (``training_gp.safetensors``), if there is one."""
+        if self.training_gp_state:
+            from safetensors.torch import save_file
+
+            atomic_write(Path(directory) / TRAINING_GP_FILE, lambda p: save_file(dict(self.training_gp_state), str(p)))
 
     def save_config(self, directory: str | Path) -> Path:
         """(Re)write ``surrogate.json`` only (the calibrations live there; the weights are unchanged)."""
@@ -307,9 +319,14 @@ class LatentDiffusionSurrogate:
             scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
             table_path = directory / TRAINING_DESCRIPTORS_FILE
             table = pd.read_json(table_path, orient="records") if table_path.is_file() else None
+            gp_state = None
+            if table is not None and (directory / TRAINING_GP_FILE).is_file():
+                from safetensors.torch import load_file
+
+                gp_state = load_file(str(directory / TRAINING_GP_FILE))
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise SurrogateModelError(f"cannot load the surrogate in {directory}: {exc}; {fix}") from exc
-        return cls(config, vae.eval(), unet.eval(), encoder.eval(), scheduler, table)
+        return cls(config, vae.eval(), unet.eval(), encoder.eval(), scheduler, table, gp_state)
 
     def parameter_count(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in m.parameters())

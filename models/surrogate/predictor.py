@@ -69,12 +69,14 @@ class SurrogatePredictor:
         return training_tile_descriptors(self.surrogate.training_descriptors, self.surrogate.config)
 
     def training_gp(self) -> TrainingSetGP:
-        """The GP on the training set's descriptors (fitted on first use, a few seconds)."""
+        """The GP on the training set's descriptors (the model's shipped fit, else fitted here: a few seconds)."""
         if self._training_gp is None:
             if self.surrogate.training_descriptors is None:
                 raise ValueError("this surrogate has no training descriptors (training_descriptors.json)")
             conditions, values = self.training_examples()
-            self._training_gp = TrainingSetGP(self.surrogate.schema.encode(conditions), values)
+            self._training_gp = TrainingSetGP(self.surrogate.schema.encode(conditions), values,
+                                              state=self.surrogate.training_gp_state)
+            self.surrogate.training_gp_state = self._training_gp.state()
         return self._training_gp
 
     def stacked(self, conditions: Sequence[Mapping[str, Any]], generated: np.ndarray, n_images: int

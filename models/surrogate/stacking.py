@@ -48,9 +48,14 @@ class TrainingSetGP:
         ``n x d`` encoded conditions.
     train_y : array
         ``n x m`` descriptors.
+    state : mapping, optional
+        Fitted hyperparameters from :meth:`state` (no fitting then). Fitting lands on slightly different
+        hyperparameters with another thread count, so a model ships its fitted state: every process (a Dask
+        worker, a CI machine) then predicts the same numbers.
     """
 
-    def __init__(self, train_x: np.ndarray, train_y: np.ndarray) -> None:
+    def __init__(self, train_x: np.ndarray, train_y: np.ndarray,
+                 state: Mapping[str, torch.Tensor] | None = None) -> None:
         from botorch.fit import fit_gpytorch_mll
         from botorch.models import SingleTaskGP
         from botorch.models.transforms import Standardize
@@ -69,8 +74,17 @@ class TrainingSetGP:
             with warnings.catch_warnings():  # one-hot columns and [-1, 1] inputs are fine for an ARD kernel
                 warnings.simplefilter("ignore")
                 gp = SingleTaskGP(x[ok], y_all[ok, j:j + 1], outcome_transform=Standardize(m=1))
-                fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+                own = {k[len(f"{j}."):]: v for k, v in (state or {}).items() if k.startswith(f"{j}.")}
+                if own:
+                    gp.load_state_dict(own)
+                else:
+                    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
             self.models.append(gp.eval())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted hyperparameters of every descriptor's GP, ``{"j.name": tensor}`` (safetensors-ready)."""
+        return {f"{j}.{k}": v.detach().clone().contiguous() for j, gp in enumerate(self.models) if gp is not None
+                for k, v in gp.state_dict().items()}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Posterior means, ``t x m`` (NaN for a descriptor with fewer than 3 finite training values)."""

@@ -134,3 +134,27 @@ def test_predictor_predicts_through_the_stack_and_the_model_keeps_its_training_t
     # a model without training descriptors predicts from its images
     model.training_descriptors = None
     assert SurrogatePredictor(model).descriptor_stack(1) is None
+
+
+def test_a_shipped_gp_state_predicts_the_same_numbers_without_fitting(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (30, 2))
+    y = _smooth(x)
+    fitted = TrainingSetGP(x, y)
+    import botorch.fit
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a GP with a state must not be fitted again")
+
+    monkeypatch.setattr(botorch.fit, "fit_gpytorch_mll", no_fit)
+    again = TrainingSetGP(x, y, state=fitted.state())
+    np.testing.assert_array_equal(again.predict(x[:7]), fitted.predict(x[:7]))
+
+    conditions = [{"ph": 9.5 + 0.1 * i, "time_min": 30.0 + 50 * (i % 7), "atmosphere": "n2"} for i in range(12)]
+    model = LatentDiffusionSurrogate(tiny_config(), training_descriptors=_training_table(conditions))
+    model.training_gp_state = fitted.state()
+    model.save_pretrained(tmp_path)
+    loaded = LatentDiffusionSurrogate.from_pretrained(tmp_path)
+    assert set(loaded.training_gp_state) == set(model.training_gp_state)
+    for k, v in model.training_gp_state.items():
+        assert np.array_equal(loaded.training_gp_state[k].numpy(), v.numpy())
