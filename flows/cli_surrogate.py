@@ -190,6 +190,18 @@ def generate(
                  f"± {d['sphericity_std']:.3f}, texture {d['texture']:.3f} -> {out / f'condition_{i:03d}'}")
 
 
+def _model_with_training_descriptors(model: Optional[Path], verb: str) -> Path:
+    """The model folder, or exit 2 when it lacks the training descriptors that ``verb`` fits on."""
+    from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE
+
+    model_dir = _default_model(model)
+    if not (model_dir / TRAINING_DESCRIPTORS_FILE).is_file():
+        _err(f"error: {model_dir} has no {TRAINING_DESCRIPTORS_FILE}; {verb} a model written by "
+             "'morphloop surrogate train'")
+        raise typer.Exit(2)
+    return model_dir
+
+
 @surrogate_app.command("calibrate")
 def calibrate(
     model: Path = typer.Option(..., "--model", help="Model folder to calibrate (its surrogate.json is rewritten)."),
@@ -201,13 +213,8 @@ def calibrate(
     """Fit the generation calibration (generated -> simulated descriptors) on training conditions; rewrites
     MODEL/surrogate.json, weights unchanged."""
     from flows.surrogate_flow import calibrate_generation
-    from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE
 
-    model_dir = _default_model(model)
-    if not (model_dir / TRAINING_DESCRIPTORS_FILE).is_file():
-        _err(f"error: {model_dir} has no {TRAINING_DESCRIPTORS_FILE}; calibrate a model written by "
-             "'morphloop surrogate train'")
-        raise typer.Exit(2)
+    model_dir = _model_with_training_descriptors(model, "calibrate")
     with _console().status(f"generating up to {conditions} training conditions x {n} tiles"):
         fit = calibrate_generation(model_dir, conditions, n, seed)
     if as_json:
@@ -234,13 +241,8 @@ def stack(
     """Fit the descriptor stack (generated descriptors + a GP on the training set's) for one sampler setting;
     rewrites MODEL/surrogate.json, weights unchanged."""
     from flows.surrogate_flow import stack_descriptors
-    from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE
 
-    model_dir = _default_model(model)
-    if not (model_dir / TRAINING_DESCRIPTORS_FILE).is_file():
-        _err(f"error: {model_dir} has no {TRAINING_DESCRIPTORS_FILE}; stack a model written by "
-             "'morphloop surrogate train'")
-        raise typer.Exit(2)
+    model_dir = _model_with_training_descriptors(model, "stack")
     with _console().status(f"generating {conditions} training conditions x {n} tiles, cross-validating the GP"):
         fit = stack_descriptors(model_dir, conditions, n, steps, seed)
     if as_json:
