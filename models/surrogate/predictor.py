@@ -79,15 +79,6 @@ class SurrogatePredictor:
             self.surrogate.training_gp_state = self._training_gp.state()
         return self._training_gp
 
-    def stacked(self, conditions: Sequence[Mapping[str, Any]], generated: np.ndarray, n_images: int
-                ) -> np.ndarray | None:
-        """Stacked descriptors (``n x 4``) of ``conditions`` from their uncalibrated generated ones, or None
-        without a stack."""
-        stack = self.descriptor_stack(n_images)
-        if stack is None:
-            return None
-        return stack.apply(generated, self.training_gp().predict(self.surrogate.schema.encode(conditions)))
-
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs) -> SurrogatePredictor:
         return cls(LatentDiffusionSurrogate.from_pretrained(directory), **kwargs)
