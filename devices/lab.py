@@ -73,14 +73,18 @@ class SimulatedLab:
         Where the SEM writes its TIFF files (a fresh temporary folder if omitted).
     seed : int
         Seed of the :class:`~simulators.coprecipitation.CoprecipitationWorld`; sample ``k`` (the k-th sample
-        made, 1-based) is made with ``sample_seed=k`` and imaged with seeds derived from (seed, k), so a lab
-        replays identically.
+        made, 1-based) is made with ``sample_seed=first_sample_seed + k`` and imaged with seeds derived from
+        (seed, that sample seed), so a lab replays identically.
     batch_noise : float
         Batch-to-batch noise of the world (0: every batch equals the truth).
     faults : mapping of str to int or FaultInjector, optional
         Faults to inject (``{"pump_fault": 1}``); ``lab.faults.arm(kind)`` arms more later.
     time_compression : float or None
         Lab seconds per wall second: 1e4 makes a 360-min synthesis take 2.2 s. ``None`` or ``inf``: instant.
+    first_sample_seed : int
+        Offset of the sample seeds (default 0). Two labs on the same world with the same offset make identical
+        batches at identical conditions; give them offsets far apart (e.g. 10**6) for independent replicates
+        of one world.
 
     Attributes
     ----------
@@ -94,11 +98,14 @@ class SimulatedLab:
 
     def __init__(self, output_dir: str | Path | None = None, *, seed: int = 0, batch_noise: float = 1.0,
                  faults: Mapping[str, int] | FaultInjector | None = None,
-                 time_compression: float | None = 1e4) -> None:
+                 time_compression: float | None = 1e4, first_sample_seed: int = 0) -> None:
         if time_compression is not None and not time_compression > 0:
             raise ValueError(f"time_compression must be > 0 (lab seconds per wall second) or None for instant, "
                              f"got {time_compression!r}")
+        if isinstance(first_sample_seed, bool) or not isinstance(first_sample_seed, int) or first_sample_seed < 0:
+            raise ValueError(f"first_sample_seed must be a non-negative integer, got {first_sample_seed!r}")
         self.world = CoprecipitationWorld(seed=seed, batch_noise=batch_noise)
+        self.first_sample_seed = first_sample_seed
         self.faults = faults if isinstance(faults, FaultInjector) else FaultInjector(faults)
         if output_dir is None:
             output_dir = tempfile.mkdtemp(prefix="morphloop-lab-")
@@ -160,7 +167,7 @@ class SimulatedLab:
         """
         with self._lock:
             self.check_new_sample_id(sample_id)
-            index = len(self.samples) + 1
+            index = self.first_sample_seed + len(self.samples) + 1
             morphology = self.world.synthesize(conditions, sample_seed=index)
             self.samples[sample_id] = morphology
             self.sample_conditions[sample_id] = dict(conditions)

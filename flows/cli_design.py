@@ -54,6 +54,9 @@ def design(
     iters: int = typer.Option(50, "--iters", help="Iterations at most (paper 000: 50)."),
     n_images: int = typer.Option(2, "--n-images", help="Generated tiles per condition and magnification."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Solver steps (default: the model's)."),
+    uncertainty_weight: float = typer.Option(
+        1.0, "--uncertainty-weight", help="Weight of the prediction's own uncertainty in the score (1: expected F; "
+                                          "0: F of the predicted mean, ignoring how sure the surrogate is)."),
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the best candidate's generated tiles."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
@@ -61,7 +64,7 @@ def design(
     """Particle swarm over the surrogate toward a numeric or reference-image target."""
     from loop.objective import Objective
     from loop.predictor import CachedPredictor
-    from loop.pso import known_starts, run_pso
+    from loop.pso import inverse_design
     from loop.space import SearchSpace
     from models.surrogate.model import DEFAULT_MODEL_DIR, SurrogateModelError
     from models.surrogate.predictor import SurrogatePredictor
@@ -71,6 +74,9 @@ def design(
         if value < 1:
             _err(f"error: {flag} must be at least 1, got {value}")
             raise typer.Exit(2)
+    if not (math.isfinite(uncertainty_weight) and uncertainty_weight >= 0):
+        _err(f"error: --uncertainty-weight must be a finite number >= 0, got {uncertainty_weight}")
+        raise typer.Exit(2)
     try:
         target = _target(target_d50_um, target_sphericity, target_texture, target_sphericity_std,
                          list(target_image or []), pixel_size_um)
@@ -88,11 +94,9 @@ def design(
 
     with Progress(console=Console(file=sys.stderr), transient=True) as progress:
         task = progress.add_task("particle swarm", total=iters)
-        objective = Objective(target)
-        result = run_pso(predictor, SearchSpace.default(), objective, n_particles=max(particles, 2),
-                         iters=iters, n_images=n_images, seed=seed,
-                         progress=lambda i, best: progress.update(task, completed=i),
-                         init_conditions=known_starts(predictor, objective, max(particles, 2) // 2))
+        result = inverse_design(predictor, Objective(target), SearchSpace.default(), n_particles=particles,
+                                iters=iters, n_images=n_images, seed=seed, uncertainty_weight=uncertainty_weight,
+                                progress=lambda i, best: progress.update(task, completed=i))
     best = result.best
     images: dict[str, list[str]] = {}
     if out is not None:
@@ -107,7 +111,8 @@ def design(
                 images[mag].append(str(path))
     clean = lambda d: {k: (None if v is None or not math.isfinite(v) else v) for k, v in d.items()}  # noqa: E731
     record = {"conditions": best.conditions, "predicted": clean(best.descriptors), "spread": clean(best.spread),
-              "objective": best.objective, "met": best.met, "residuals": clean(best.residuals),
+              "uncertainty": clean(best.uncertainty), "objective": best.objective,
+              "uncertainty_cost": best.uncertainty_cost, "met": best.met, "residuals": clean(best.residuals),
               "target": target.as_dict(), "images": images, "evaluations": result.evaluations,
               "wall_time_s": result.wall_time_s, "stopped": result.stopped}
     if as_json:

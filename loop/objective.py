@@ -198,6 +198,18 @@ class Objective:
         z = torch.where(nan, torch.full_like(z, self.nan_penalty), z)
         return (z * w).sum(dim=-1)
 
+    def uncertainty_cost(self, predictions: Sequence[Any]) -> np.ndarray:
+        """``sum_k w_k (sigma_k / s_k)^2`` per prediction: what the predictions' uncertainty adds to the expected
+        ``F`` (for a Gaussian error with standard deviation ``sigma`` around the predicted mean,
+        ``E[F] = F(mean) + this``). ``sigma`` comes from a prediction's ``uncertainty`` dict; a prediction or
+        descriptor without one adds 0."""
+        out = np.zeros(len(predictions))
+        for i, p in enumerate(predictions):
+            u = getattr(p, "uncertainty", None) or {}
+            sigma = np.array([float(u.get(k, math.nan)) if u.get(k) is not None else math.nan for k in DESCRIPTORS])
+            out[i] = float((np.where(np.isfinite(sigma), (sigma / self._s) ** 2, 0.0) * self._w).sum())
+        return out
+
     def residuals(self, descriptors: Mapping[str, float] | Prediction) -> dict[str, float]:
         """Signed relative error ``(x - t) / max(|t|, 0.1 s)`` of each target descriptor (NaN stays NaN)."""
         d = descriptors if isinstance(descriptors, Mapping) else descriptors.descriptors

@@ -40,12 +40,16 @@ class Prediction:
         Standard deviation of each descriptor across the images / noise seeds.
     images : dict
         Optional generated images, ``{"low": [H x W arrays], "high": [...]}``.
+    uncertainty : dict of str to float
+        Optional standard deviation of the predictor's error per descriptor (how far the truth may lie from
+        ``descriptors``; not the spread across images). Empty when the predictor does not know.
     """
 
     conditions: dict
     descriptors: dict[str, float]
     spread: dict[str, float]
     images: dict[str, list] = field(default_factory=dict)
+    uncertainty: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable

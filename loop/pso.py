@@ -34,10 +34,12 @@ from loop.predictor import MorphologyPredictor, Prediction, conditions_key
 from loop.space import SearchSpace
 
 __all__ = ["Candidate", "PSOResult", "run_pso", "run_random_search", "distinct_conditions",
-           "best_known_conditions", "known_starts", "PSO_OPTIONS"]
+           "best_known_conditions", "known_starts", "inverse_design", "PSO_OPTIONS", "DESIGN_PATIENCE"]
 
 #: Constriction coefficients of Clerc & Kennedy (2002): a standard, convergent choice.
 PSO_OPTIONS = {"c1": 1.49618, "c2": 1.49618, "w": 0.7298}
+#: Iterations without improvement that end :func:`inverse_design`'s search.
+DESIGN_PATIENCE = 8
 
 
 @dataclass
@@ -50,6 +52,13 @@ class Candidate:
     objective: float
     met: bool
     residuals: dict[str, float]
+    uncertainty: dict[str, float] = field(default_factory=dict)
+    uncertainty_cost: float = 0.0
+
+    @property
+    def score(self) -> float:
+        """What the search ranks by: ``objective`` plus the weighted ``uncertainty_cost``."""
+        return self.objective + self.uncertainty_cost
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (NaN becomes None)."""
@@ -127,8 +136,8 @@ class _Evaluator:
 
     def __init__(self, predictor: MorphologyPredictor, objective: Objective, n_images: int, seed: int,
                  batch: bool, progress: Callable[[int, Candidate], Any] | None, patience: int | None,
-                 stop_when_met: bool) -> None:
-        self.predictor, self.objective = predictor, objective
+                 stop_when_met: bool, uncertainty_weight: float = 0.0) -> None:
+        self.predictor, self.objective, self.uncertainty_weight = predictor, objective, float(uncertainty_weight)
         self.n_images, self.seed, self.batch = n_images, seed, batch
         self.progress, self.patience, self.stop_when_met = progress, patience, stop_when_met
         self.seen: dict[tuple, Candidate] = {}
@@ -155,18 +164,22 @@ class _Evaluator:
     def __call__(self, conditions: list[dict[str, Any]]) -> np.ndarray:
         """Score one iteration's ``conditions`` (length ``n``) -> ``n`` costs; may raise :class:`_Stop`."""
         preds = self._predict(conditions)
-        costs = self.objective(preds)
+        objective = self.objective(preds)
+        risk = (self.uncertainty_weight * self.objective.uncertainty_cost(preds) if self.uncertainty_weight
+                else np.zeros(len(preds)))
+        costs = objective + risk
         self.evaluations += len(conditions)
-        previous = math.inf if self.best is None else self.best.objective
-        for c, p, f in zip(conditions, preds, costs):
+        previous = math.inf if self.best is None else self.best.score
+        for c, p, f, r in zip(conditions, preds, objective, risk):
             key = conditions_key(c)
             if key not in self.seen:
                 self.seen[key] = Candidate(dict(c), dict(p.descriptors), dict(p.spread), float(f),
-                                           self.objective.target_met(p), self.objective.residuals(p))
-            if self.best is None or f < self.best.objective:
+                                           self.objective.target_met(p), self.objective.residuals(p),
+                                           dict(getattr(p, "uncertainty", None) or {}), float(r))
+            if self.best is None or self.seen[key].score < self.best.score:
                 self.best = self.seen[key]
-        self.history.append(self.best.objective)
-        improved = self.best.objective < previous - 1e-12 * max(1.0, abs(previous))
+        self.history.append(self.best.score)
+        improved = self.best.score < previous - 1e-12 * max(1.0, abs(previous))
         self._since_improvement = 0 if improved else self._since_improvement + 1
         if self.best.met and self.evaluations_to_target is None:
             self.evaluations_to_target = self.evaluations
@@ -179,7 +192,7 @@ class _Evaluator:
         return costs
 
     def result(self, method: str, stopped: str, t0: float, seed: int, top_k: int) -> PSOResult:
-        ranked = sorted(self.seen.values(), key=lambda c: (c.objective, not c.met))[:top_k]
+        ranked = sorted(self.seen.values(), key=lambda c: (c.score, not c.met))[:top_k]
         return PSOResult(ranked, self.history, self.evaluations, self.evaluations_to_target, self.predict_calls,
                          len(self.history), time.perf_counter() - t0, stopped, method, seed)
 
@@ -221,7 +234,8 @@ def run_pso(predictor: MorphologyPredictor, space: SearchSpace, objective: Objec
             progress: Callable[[int, Candidate], Any] | None = None, patience: int | None = None,
             stop_when_met: bool = True, options: Mapping[str, float] | None = None,
             top_k: int = 10, noise_seed: int | None = None,
-            init_conditions: Sequence[Mapping[str, Any]] | None = None) -> PSOResult:
+            init_conditions: Sequence[Mapping[str, Any]] | None = None,
+            uncertainty_weight: float = 0.0) -> PSOResult:
     """Search conditions minimising ``objective`` of the predicted descriptors with a global-best swarm.
 
     Parameters
@@ -257,6 +271,11 @@ def run_pso(predictor: MorphologyPredictor, space: SearchSpace, objective: Objec
     init_conditions : list of dict, optional
         Where the first particles start (e.g. :func:`best_known_conditions`); the others start at feasible
         random samples. At most ``n_particles`` are used.
+    uncertainty_weight : float
+        Adds this times :meth:`~loop.objective.Objective.uncertainty_cost` of each prediction to its ``F``
+        (1: the expected ``F`` under the predictor's own uncertainty, so conditions whose morphology the
+        predictor is sure of win over equally good-looking guesses; 0, the default: ``F`` of the predicted mean).
+        Candidates are ranked by that sum (:attr:`Candidate.score`).
 
     Returns
     -------
@@ -269,8 +288,10 @@ def run_pso(predictor: MorphologyPredictor, space: SearchSpace, objective: Objec
     if init_conditions:
         seeded = [dict(c) for c in init_conditions][:n_particles]
         init[:len(seeded)] = np.clip(space.to_unit([space.repair(c) for c in seeded]), 0.0, 1.0)
+    if not (math.isfinite(uncertainty_weight) and uncertainty_weight >= 0):
+        raise ValueError(f"uncertainty_weight must be a finite number >= 0, got {uncertainty_weight!r}")
     evaluator = _Evaluator(predictor, objective, n_images, seed if noise_seed is None else noise_seed, batch,
-                           progress, patience, stop_when_met)
+                           progress, patience, stop_when_met, uncertainty_weight)
 
     def cost(x: np.ndarray) -> np.ndarray:  # n_particles x d -> n_particles
         return evaluator(space.from_unit(x))
@@ -355,3 +376,22 @@ def known_starts(predictor: Any, objective: Objective, k: int, fixed: Mapping[st
     conditions, descriptors = known
     return best_known_conditions([{**c, **dict(fixed or {})} for c in conditions], descriptors, objective, k)
 
+
+
+def inverse_design(predictor: MorphologyPredictor, objective: Objective, space: SearchSpace | None = None,
+                   n_particles: int = 40, iters: int = 50, n_images: int = 2, seed: int = 0,
+                   uncertainty_weight: float = 1.0, patience: int | None = DESIGN_PATIENCE,
+                   progress: Callable[[int, Candidate], Any] | None = None, top_k: int = 10) -> PSOResult:
+    """``morphloop design``'s search: conditions to synthesise once, expecting the target morphology.
+
+    A swarm (:func:`run_pso`) whose first half starts at the predictor's best known conditions
+    (:func:`known_starts`), minimising the expected ``F`` under the predictor's own uncertainty
+    (``uncertainty_weight=1``): a one-shot design should sit where the predictor is sure, not merely where its
+    mean looks right. The search does not stop at the first candidate predicted to meet the target (a surer one
+    may follow); it stops after ``patience`` iterations without improvement or ``iters`` iterations.
+    """
+    space = space or SearchSpace.default()
+    starts = known_starts(predictor, objective, max(n_particles, 2) // 2, fixed=space.fixed)
+    return run_pso(predictor, space, objective, n_particles=max(n_particles, 2), iters=iters, n_images=n_images,
+                   seed=seed, progress=progress, patience=patience, stop_when_met=False, top_k=top_k,
+                   init_conditions=starts, uncertainty_weight=uncertainty_weight)

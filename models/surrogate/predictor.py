@@ -26,7 +26,9 @@ class MorphologyPrediction:
     particle diameters and sphericities, and the descriptors before the generation calibration
     (``uncalibrated``). With a descriptor stack (:mod:`models.surrogate.stacking`) ``descriptors`` are the
     stacked prediction and ``generated`` the generated images' own (calibrated) descriptors; without one the two
-    are equal."""
+    are equal. ``uncertainty`` is the stacked prediction's standard deviation from the training-set GP's
+    posterior (:meth:`~models.surrogate.stacking.DescriptorStack.uncertainty`; empty without a stack): small near
+    conditions whose morphology is known, large far from them."""
 
     conditions: dict
     descriptors: dict[str, float]
@@ -37,6 +39,7 @@ class MorphologyPrediction:
     domain_distance: float = float("nan")
     uncalibrated: dict[str, float] = field(default_factory=dict)
     generated: dict[str, float] = field(default_factory=dict)
+    uncertainty: dict[str, float] = field(default_factory=dict)
 
 
 class SurrogatePredictor:
@@ -109,8 +112,10 @@ class SurrogatePredictor:
         raw_array = np.array([[r[k] for k in DESCRIPTOR_NAMES] for r in raws], float).reshape(-1, 4)
         # the stack replaces the generation calibration (an affine map of the generated values is one special case)
         stack = self.descriptor_stack(int(tiles["low"].shape[1])) if generation_calibration and len(raws) else None
-        stacked = (stack.apply(raw_array, self.training_gp().predict(self.surrogate.schema.encode(conditions)))
-                   if stack is not None else None)
+        stacked = uncertainty = None
+        if stack is not None:
+            gp_mean, gp_std = self.training_gp().posterior(self.surrogate.schema.encode(conditions))
+            stacked, uncertainty = stack.apply(raw_array, gp_mean), stack.uncertainty(gp_std)
         out = []
         for i, cond in enumerate(conditions):
             raw, low, high = raws[i], lows[i], highs[i]
@@ -129,7 +134,9 @@ class SurrogatePredictor:
                                             spread, images, low["diameters_um"], low["sphericities"],
                                             float(distances[i]) if distances is not None else float("nan"),
                                             uncalibrated=raw,
-                                            generated={k: float(generated[k]) for k in DESCRIPTOR_NAMES}))
+                                            generated={k: float(generated[k]) for k in DESCRIPTOR_NAMES},
+                                            uncertainty={} if uncertainty is None else
+                                            dict(zip(DESCRIPTOR_NAMES, uncertainty[i].tolist()))))
         return out
 
     def predict(self, conditions: Sequence[Mapping[str, Any]], n_images: int = 4, seed: int = 0,

@@ -88,14 +88,22 @@ class TrainingSetGP:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Posterior means, ``t x m`` (NaN for a descriptor with fewer than 3 finite training values)."""
+        return self.posterior(x)[0]
+
+    def posterior(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means and standard deviations of the latent function (the model's own uncertainty, without
+        the sample-to-sample noise the likelihood learnt), each ``t x m``."""
         xt = torch.as_tensor(np.asarray(x, float), dtype=torch.float64).reshape(-1, self._dim)
-        out = np.full((len(xt), len(self.models)), np.nan)
+        mean = np.full((len(xt), len(self.models)), np.nan)
+        std = np.full_like(mean, np.nan)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for j, gp in enumerate(self.models):
                 if gp is not None:
-                    out[:, j] = gp.posterior(xt).mean[:, 0].numpy()
-        return out
+                    post = gp.posterior(xt)
+                    mean[:, j] = post.mean[:, 0].numpy()
+                    std[:, j] = post.variance[:, 0].clamp_min(0).sqrt().numpy()
+        return mean, std
 
     @property
     def _dim(self) -> int:
@@ -163,6 +171,17 @@ class DescriptorStack:
             g = generated[:, j] if b == 0 else _fill(generated[:, j], self.generated_mean.get(name, 0.0))
             value = a + (b * g if b else 0.0) + c * gp[:, j]
             out[:, j] = np.clip(value, 0.0, 1.0) if name in ("sphericity_mean", "texture") else value
+        return out
+
+
+    def uncertainty(self, gp_std: np.ndarray) -> np.ndarray:
+        """Standard deviation of the stacked prediction carried by the GP term, ``c * gp_std`` (``n x 4``); the
+        generated term's error is not known per condition, so a descriptor without GP weight gets NaN."""
+        gp_std = np.atleast_2d(np.asarray(gp_std, float))
+        out = np.full_like(gp_std, np.nan)
+        for j, name in enumerate(DESCRIPTOR_NAMES):
+            if name in self.weights and self.weights[name][2] > 0:
+                out[:, j] = self.weights[name][2] * gp_std[:, j]
         return out
 
 

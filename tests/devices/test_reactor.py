@@ -144,6 +144,22 @@ def test_samples_are_deterministic_given_the_lab_seed(tmp_path):
     assert morphologies[0][0] != morphologies[0][1]
 
 
+def test_first_sample_seed_gives_independent_replicates_of_one_world(tmp_path):
+    def two_batches(**kwargs):
+        lab, reactor, _ = make_reactor(tmp_path, seed=3, **kwargs)
+        for _ in range(2):
+            reactor.set({"ph": 10.6}).wait(5)
+        return [lab.samples["S0001"], lab.samples["S0002"]], lab
+
+    (a, b), lab = two_batches()
+    (c, d), other = two_batches(first_sample_seed=10**6)
+    assert lab.world.truth({"ph": 10.6}) == other.world.truth({"ph": 10.6})  # the same world
+    assert len({a, b, c, d}) == 4  # and four different batches
+    assert two_batches(first_sample_seed=10**6)[0] == [c, d]  # replayed identically
+    with pytest.raises(ValueError, match="first_sample_seed"):
+        SimulatedLab(tmp_path, first_sample_seed=-1)
+
+
 def test_pump_fault_fails_the_status_latches_and_makes_no_sample():
     lab, reactor, _ = make_reactor(faults={"pump_fault": 1})
     status = reactor.set({})

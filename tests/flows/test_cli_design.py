@@ -36,6 +36,8 @@ def test_numeric_target_gives_lab_conditions_predictions_and_the_best_candidates
     assert math.isfinite(record["objective"]) and record["objective"] >= 0
     assert record["evaluations"] == 2 and isinstance(record["met"], bool)
     assert set(record["residuals"]) == {"d50_um", "sphericity_mean", "texture"}
+    # the shipped model predicts through its stack: the GP term's uncertainty comes with the prediction
+    assert record["uncertainty"]["d50_um"] > 0 and record["uncertainty_cost"] > 0
     for mag in ("low", "high"):
         assert len(record["images"][mag]) == 1
         assert (tmp_path / "best" / f"{mag}_0.tif").is_file()
@@ -59,6 +61,7 @@ def test_reference_image_target_is_described_from_a_low_and_a_high_magnification
     (("--target-d50-um", -2, "--target-sphericity", 0.9, "--target-texture", 0.5), "negative"),
     (("--target-d50-um", 3, "--target-sphericity", 1.3, "--target-texture", 0.5), "exceeds 1"),
     ((*NUMBERS, "--particles", 0), "--particles must be at least 1"),
+    ((*NUMBERS, "--uncertainty-weight", -1), "--uncertainty-weight must be a finite number >= 0"),
 ])
 def test_bad_targets_and_budgets_exit_2_with_the_fix(args, message):
     result = invoke("design", *args, "--json")

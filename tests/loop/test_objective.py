@@ -166,3 +166,21 @@ def test_target_from_description_merges_low_and_high_magnification_records():
         target_from_description(low)
     with pytest.raises(ValueError, match="no d50_um.*low-magnification"):
         target_from_description(high)
+
+
+def test_uncertainty_cost_is_what_gaussian_errors_add_to_the_expected_objective():
+    objective = Objective(TARGET, weights=(1.0, 2.0, 0.5, 1.0))
+    mean = {"d50_um": 4.1, "sphericity_mean": 0.84, "sphericity_std": 0.05, "texture": 0.58}
+    sigma = {"d50_um": 0.15, "sphericity_mean": 0.01, "sphericity_std": 0.004, "texture": 0.03}
+    prediction = Prediction({}, mean, {}, uncertainty=sigma)
+    rng = np.random.default_rng(0)
+    draws = np.array([[mean[k] + sigma[k] * rng.standard_normal() for k in DESCRIPTORS] for _ in range(40000)])
+    expected = objective(draws).mean()
+    cost = objective.uncertainty_cost([prediction])[0]
+    assert cost > 0.5  # not negligible at these spreads
+    assert objective(mean)[0] + cost == pytest.approx(expected, rel=0.03)
+    # no uncertainty (or an unknown one) adds nothing
+    assert objective.uncertainty_cost([Prediction({}, mean, {})])[0] == 0.0
+    prediction.uncertainty = {**sigma, "texture": float("nan"), "d50_um": None}
+    partial = objective.uncertainty_cost([prediction])[0]
+    assert 0 < partial < cost

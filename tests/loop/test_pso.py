@@ -255,3 +255,33 @@ def test_known_starts_come_from_a_predictors_training_examples_through_the_cache
     inner.training_examples = lambda: (pool, descriptors)
     starts = known_starts(CachedPredictor(inner), objective, 2, fixed={"stir_rpm": 900.0})
     assert len(starts) == 2 and starts[0] == {**KNOWN, "stir_rpm": 900.0}
+
+
+class UncertainPredictor:
+    """Every condition predicted exactly at ``target``, with an uncertainty growing away from pH 11."""
+
+    def __init__(self, target: dict) -> None:
+        self.target = target
+
+    def predict(self, conditions, n_images=4, seed=0):
+        out = []
+        for c in conditions:
+            out.append(Prediction(dict(c), dict(self.target), {},
+                                  uncertainty={k: 0.5 * abs(c["ph"] - 11.0) * v for k, v in self.target.items()}))
+        return out
+
+
+def test_uncertainty_weight_prefers_conditions_the_predictor_is_sure_of():
+    target = {"d50_um": 4.0, "sphericity_mean": 0.85, "sphericity_std": 0.05, "texture": 0.5}
+    objective = Objective(Target(4.0, 0.85, 0.5))
+    kwargs = dict(n_particles=10, iters=15, seed=3, stop_when_met=False)
+    sure = run_pso(UncertainPredictor(target), SPACE, objective, uncertainty_weight=1.0, **kwargs)
+    blind = run_pso(UncertainPredictor(target), SPACE, objective, **kwargs)
+    assert abs(sure.best.conditions["ph"] - 11.0) < 0.05
+    assert sure.best.score == pytest.approx(sure.best.uncertainty_cost) and sure.best.uncertainty_cost > 0
+    assert sure.best.uncertainty["d50_um"] == pytest.approx(2.0 * abs(sure.best.conditions["ph"] - 11.0))
+    # without the weight every candidate scores F = 0 and the search has no reason to move toward pH 11
+    assert blind.best.uncertainty_cost == 0.0 and blind.best.score == blind.best.objective == 0.0
+    assert abs(blind.best.conditions["ph"] - 11.0) > abs(sure.best.conditions["ph"] - 11.0)
+    with pytest.raises(ValueError, match="uncertainty_weight"):
+        run_pso(UncertainPredictor(target), SPACE, objective, uncertainty_weight=-1.0, **kwargs)

@@ -131,6 +131,7 @@ def test_predictor_predicts_through_the_stack_and_the_model_keeps_its_training_t
         same = [list(d.values()) for d in (g.descriptors, g.generated, s.generated)]
         np.testing.assert_array_equal(same[0], same[1])  # without the stack: the images' descriptors
         np.testing.assert_array_equal(same[2], same[1])  # the same images either way
+        assert s.uncertainty["d50_um"] > 0 and g.uncertainty == {}  # the GP term's spread, only with a stack
     # a model without training descriptors predicts from its images
     model.training_descriptors = None
     assert SurrogatePredictor(model).descriptor_stack(1) is None
@@ -158,3 +159,18 @@ def test_a_shipped_gp_state_predicts_the_same_numbers_without_fitting(tmp_path, 
     assert set(loaded.training_gp_state) == set(model.training_gp_state)
     for k, v in model.training_gp_state.items():
         assert np.array_equal(loaded.training_gp_state[k].numpy(), v.numpy())
+
+
+def test_gp_is_surest_where_it_has_data_and_the_stack_scales_its_spread_by_the_gp_weight():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, (40, 2)) * np.array([1.0, 0.2])  # data only in a band of the second input
+    gp = TrainingSetGP(x, _smooth(x) + rng.normal(0, 0.01, (40, 4)))
+    mean, std = gp.posterior(np.array([[0.0, 0.0], [0.0, 1.0]]))
+    np.testing.assert_allclose(mean, gp.predict(np.array([[0.0, 0.0], [0.0, 1.0]])))
+    assert np.all(std[0] < std[1]) and np.all(std > 0)
+    stack = DescriptorStack(6, 2, {"d50_um": [0.0, 0.0, 1.0], "texture": [0.1, 0.7, 0.3],
+                                   "sphericity_mean": [0.2, 0.5, 0.0]}, {}, 10)
+    u = stack.uncertainty(std)
+    np.testing.assert_allclose(u[:, 0], std[:, 0])
+    np.testing.assert_allclose(u[:, 3], 0.3 * std[:, 3])
+    assert np.isnan(u[:, 1]).all() and np.isnan(u[:, 2]).all()  # no GP weight (or no weights): unknown
