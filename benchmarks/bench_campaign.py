@@ -230,6 +230,7 @@ def run_design(target: dict, seed: int, work: Path, model: str | None, particles
 
 
 def main(argv: list[str] | None = None) -> dict:
+    global WORLD_SEED
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", type=int, default=10)
     parser.add_argument("--budget", type=int, default=24)
@@ -251,7 +252,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="Keep the campaigns' folders here (default: a temporary one).")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    global WORLD_SEED
     WORLD_SEED = args.world_seed
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     known = ("morphloop", "bo", "random", "oracle", "design", "oracle_mean")
