@@ -11,9 +11,12 @@ Contract
   objective is then a deterministic function (common random numbers across particles).
 * ``descriptors`` are means over the ``n_images`` generated images (keys :data:`DESCRIPTORS`); a descriptor
   that cannot be measured on the generated images is NaN (the objective penalises it, nothing crashes).
+* Optionally ``predict(..., descriptors=[names])``: the caller needs only those (an optimiser passes its
+  target's); the predictor may skip work the others need (:func:`accepts_descriptor_subset`).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field, is_dataclass, replace
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
@@ -23,7 +26,7 @@ import numpy as np
 from loop.config import DESCRIPTORS
 
 __all__ = ["DESCRIPTORS", "Prediction", "MorphologyPredictor", "CachedPredictor", "descriptor_array",
-           "conditions_key"]
+           "conditions_key", "accepts_descriptor_subset"]
 
 
 @dataclass
@@ -60,6 +63,14 @@ class MorphologyPredictor(Protocol):
                 seed: int = 0) -> list[Prediction]:
         """One :class:`Prediction` per conditions mapping, in order; deterministic for ``seed``."""
         ...
+
+
+def accepts_descriptor_subset(predictor: Any) -> bool:
+    """Whether ``predictor.predict`` takes ``descriptors=`` (only those are needed)."""
+    try:
+        return "descriptors" in inspect.signature(predictor.predict).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def conditions_key(conditions: Mapping[str, Any], decimals: int = 6) -> tuple:
@@ -124,16 +135,21 @@ class CachedPredictor:
         return len(self._cache)
 
     def predict(self, conditions: Sequence[Mapping[str, Any]], n_images: int = 4,
-                seed: int = 0) -> list[Prediction]:
-        """Predictions for ``conditions`` (cached ones reused, the others computed in one batch)."""
+                seed: int = 0, descriptors: Sequence[str] | None = None) -> list[Prediction]:
+        """Predictions for ``conditions`` (cached ones reused, the others computed in one batch).
+        ``descriptors`` is passed on when the wrapped predictor takes it (and is part of the cache key)."""
         self.calls += 1
-        keys = [(conditions_key(c, self.decimals), int(n_images), int(seed)) for c in conditions]
+        subset = (tuple(sorted(descriptors)) if descriptors is not None and accepts_descriptor_subset(self.predictor)
+                  else None)
+        keys = [(conditions_key(c, self.decimals), int(n_images), int(seed), subset) for c in conditions]
         missing: dict[tuple, Mapping[str, Any]] = {}
         for key, c in zip(keys, conditions):
             if key not in self._cache and key not in missing:
                 missing[key] = c
         if missing:
-            fresh = self.predictor.predict([dict(c) for c in missing.values()], n_images=n_images, seed=seed)
+            extra = {} if subset is None else {"descriptors": list(subset)}
+            fresh = self.predictor.predict([dict(c) for c in missing.values()], n_images=n_images, seed=seed,
+                                           **extra)
             if len(fresh) != len(missing):
                 raise RuntimeError(f"predictor returned {len(fresh)} predictions for {len(missing)} conditions")
             self._cache.update(zip(missing, fresh))

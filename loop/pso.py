@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from loop.objective import Objective
-from loop.predictor import MorphologyPredictor, Prediction, conditions_key
+from loop.predictor import MorphologyPredictor, Prediction, accepts_descriptor_subset, conditions_key
 from loop.space import SearchSpace
 
 __all__ = ["Candidate", "PSOResult", "run_pso", "run_random_search", "distinct_conditions",
@@ -149,14 +149,17 @@ class _Evaluator:
         self._since_improvement = 0
 
     def _predict(self, conditions: list[dict[str, Any]]) -> list[Prediction]:
+        # only the target's descriptors matter to F: a predictor may skip the work the others need
+        extra = ({"descriptors": list(self.objective.target.keys)} if accepts_descriptor_subset(self.predictor)
+                 else {})
         if self.batch:
             self.predict_calls += 1
-            preds = list(self.predictor.predict(conditions, n_images=self.n_images, seed=self.seed))
+            preds = list(self.predictor.predict(conditions, n_images=self.n_images, seed=self.seed, **extra))
         else:  # one call per condition: the baseline that shows what batching saves
             preds = []
             for c in conditions:
                 self.predict_calls += 1
-                preds.extend(self.predictor.predict([c], n_images=self.n_images, seed=self.seed))
+                preds.extend(self.predictor.predict([c], n_images=self.n_images, seed=self.seed, **extra))
         if len(preds) != len(conditions):
             raise RuntimeError(f"predictor returned {len(preds)} predictions for {len(conditions)} conditions")
         return preds
@@ -392,6 +395,10 @@ def inverse_design(predictor: MorphologyPredictor, objective: Objective, space: 
     """
     space = space or SearchSpace.default()
     starts = known_starts(predictor, objective, max(n_particles, 2) // 2, fixed=space.fixed)
-    return run_pso(predictor, space, objective, n_particles=max(n_particles, 2), iters=iters, n_images=n_images,
-                   seed=seed, progress=progress, patience=patience, stop_when_met=False, top_k=top_k,
-                   init_conditions=starts, uncertainty_weight=uncertainty_weight)
+    result = run_pso(predictor, space, objective, n_particles=max(n_particles, 2), iters=iters, n_images=n_images,
+                     seed=seed, progress=progress, patience=patience, stop_when_met=False, top_k=top_k,
+                     init_conditions=starts, uncertainty_weight=uncertainty_weight)
+    if accepts_descriptor_subset(predictor):  # the search predicted the target's descriptors only
+        full = predictor.predict([result.best.conditions], n_images=n_images, seed=seed)[0]
+        result.best.descriptors, result.best.spread = dict(full.descriptors), dict(full.spread)
+    return result

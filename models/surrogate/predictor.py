@@ -18,6 +18,10 @@ from models.surrogate.model import LatentDiffusionSurrogate
 from models.surrogate.stacking import DescriptorStack, TrainingSetGP, nearest_stack
 
 
+#: The magnification whose tiles each descriptor is measured on.
+MAGNIFICATION_OF = {"d50_um": "low", "sphericity_mean": "low", "sphericity_std": "low", "texture": "high"}
+
+
 @dataclass
 class MorphologyPrediction:
     """Predicted descriptors of one condition: means over the generated tiles (``descriptors``, calibrated to the
@@ -86,24 +90,41 @@ class SurrogatePredictor:
     def from_pretrained(cls, directory: str | Path, **kwargs) -> SurrogatePredictor:
         return cls(LatentDiffusionSurrogate.from_pretrained(directory), **kwargs)
 
+    def magnifications_for(self, descriptors: Sequence[str], n_images: int) -> tuple[str, ...]:
+        """The magnifications whose tiles a prediction of ``descriptors`` uses: a descriptor the stack takes from
+        the training-set GP alone (image weight 0) needs none."""
+        unknown = sorted(set(descriptors) - set(MAGNIFICATION_OF))
+        if unknown:
+            raise ValueError(f"unknown descriptor(s) {unknown}; known: {list(MAGNIFICATION_OF)}")
+        stack = self.descriptor_stack(n_images)
+        needed = {MAGNIFICATION_OF[k] for k in descriptors
+                  if stack is None or k not in stack.weights or stack.weights[k][1] > 0}
+        return tuple(m for m in ("low", "high") if m in needed)
+
     def generate(self, conditions: Sequence[Mapping[str, Any]], n_images: int, seed: int,
-                 progress=None) -> dict[str, np.ndarray]:
-        """``{"low": n x k x H x W, "high": n x k x H x W}``."""
+                 progress=None, magnifications: Sequence[str] = ("low", "high")) -> dict[str, np.ndarray]:
+        """``{"low": n x k x H x W, "high": n x k x H x W}`` (the ``magnifications`` asked for)."""
         return {mag: self.surrogate.generate(conditions, mag, n_images, seed, steps=self.steps,
                                              guidance_scale=self.guidance_scale, batch_size=self.batch_size,
                                              progress=progress)
-                for mag in ("low", "high")}
+                for mag in magnifications}
 
     def describe(self, conditions: Sequence[Mapping[str, Any]], tiles: dict[str, np.ndarray],
                  keep_images: bool = False, distances: np.ndarray | None = None,
-                 generation_calibration: bool = True) -> list[MorphologyPrediction]:
-        """Descriptors of already generated tiles (one prediction per condition)."""
+                 generation_calibration: bool = True, n_images: int | None = None) -> list[MorphologyPrediction]:
+        """Descriptors of already generated tiles (one prediction per condition). A magnification missing from
+        ``tiles`` leaves its descriptors to the stack's GP term (NaN without a stack); ``n_images`` is then
+        needed when ``tiles`` is empty."""
         cfg = self.surrogate.config
         maps = cfg.generation_calibration if generation_calibration else {}
+        if n_images is None:
+            n_images = int(next(iter(tiles.values())).shape[1])
         raws, lows, highs = [], [], []
         for i in range(len(conditions)):
-            low = describe_low_tiles(tiles["low"][i], cfg.pixel_size_um["low"])
-            high = describe_high_tiles(tiles["high"][i], cfg.pixel_size_um["high"], cfg.texture_calibration)
+            low = (describe_low_tiles(tiles["low"][i], cfg.pixel_size_um["low"]) if "low" in tiles
+                   else dict(_NOT_GENERATED_LOW))
+            high = (describe_high_tiles(tiles["high"][i], cfg.pixel_size_um["high"], cfg.texture_calibration)
+                    if "high" in tiles else {"texture": float("nan"), "texture_spread": float("nan")})
             a, b = cfg.d50_calibration
             raws.append({"d50_um": float(a + b * low["d50_um"]), "sphericity_mean": float(low["sphericity_mean"]),
                          "sphericity_std": float(low["sphericity_std"]), "texture": float(high["texture"])})
@@ -111,7 +132,7 @@ class SurrogatePredictor:
             highs.append(high)
         raw_array = np.array([[r[k] for k in DESCRIPTOR_NAMES] for r in raws], float).reshape(-1, 4)
         # the stack replaces the generation calibration (an affine map of the generated values is one special case)
-        stack = self.descriptor_stack(int(tiles["low"].shape[1])) if generation_calibration and len(raws) else None
+        stack = self.descriptor_stack(n_images) if generation_calibration and len(raws) else None
         stacked = uncertainty = None
         if stack is not None:
             gp_mean, gp_std = self.training_gp().posterior(self.surrogate.schema.encode(conditions))
@@ -140,9 +161,22 @@ class SurrogatePredictor:
         return out
 
     def predict(self, conditions: Sequence[Mapping[str, Any]], n_images: int = 4, seed: int = 0,
-                keep_images: bool = False, generation_calibration: bool = True) -> list[MorphologyPrediction]:
-        """Predicted descriptors of each condition (deterministic for a seed)."""
+                keep_images: bool = False, generation_calibration: bool = True,
+                descriptors: Sequence[str] | None = None) -> list[MorphologyPrediction]:
+        """Predicted descriptors of each condition (deterministic for a seed).
+
+        ``descriptors`` (default: all) limits the work to what those need (:meth:`magnifications_for`): with the
+        shipped stack, D50 and mean sphericity come from the training-set GP alone, so a target without a
+        sphericity std generates no low-magnification tile. The requested descriptors are the same as in a full
+        prediction; the others may be NaN or their GP term plus the generated term's mean."""
         conditions = [dict(c) for c in conditions]
         distances = self.surrogate.domain_distances(conditions)
-        tiles = self.generate(conditions, n_images, seed)
-        return self.describe(conditions, tiles, keep_images, distances, generation_calibration)
+        mags = (("low", "high") if descriptors is None or not generation_calibration
+                else self.magnifications_for(descriptors, n_images))
+        tiles = self.generate(conditions, n_images, seed, magnifications=mags)
+        return self.describe(conditions, tiles, keep_images, distances, generation_calibration, n_images)
+
+
+_NOT_GENERATED_LOW = {"d50_um": float("nan"), "sphericity_mean": float("nan"), "sphericity_std": float("nan"),
+                      "n_particles": 0, "d50_um_spread": float("nan"), "diameters_um": np.zeros(0),
+                      "sphericities": np.zeros(0)}

@@ -10,7 +10,7 @@ import pytest
 
 from loop.objective import Objective, Target
 from loop.predictor import CachedPredictor, Prediction
-from loop.pso import PSOResult, best_known_conditions, known_starts, run_pso, run_random_search
+from loop.pso import PSOResult, best_known_conditions, inverse_design, known_starts, run_pso, run_random_search
 from loop.space import SearchSpace
 
 SPACE = SearchSpace.default()
@@ -285,3 +285,32 @@ def test_uncertainty_weight_prefers_conditions_the_predictor_is_sure_of():
     assert abs(blind.best.conditions["ph"] - 11.0) > abs(sure.best.conditions["ph"] - 11.0)
     with pytest.raises(ValueError, match="uncertainty_weight"):
         run_pso(UncertainPredictor(target), SPACE, objective, uncertainty_weight=-1.0, **kwargs)
+
+
+class SubsetPredictor:
+    """Records which descriptors each call asked for; NaN for the others."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.asked = inner, []
+
+    def predict(self, conditions, n_images=4, seed=0, descriptors=None):
+        self.asked.append(None if descriptors is None else sorted(descriptors))
+        out = self.inner.predict(conditions, n_images, seed)
+        for p in out:
+            p.descriptors = {k: (v if descriptors is None or k in descriptors else math.nan)
+                             for k, v in p.descriptors.items()}
+        return out
+
+
+def test_the_swarm_asks_for_its_targets_descriptors_only_and_design_completes_the_best(truth_predictor):
+    inner = truth_predictor()
+    objective = reachable_objective(inner)
+    subset = SubsetPredictor(inner)
+    result = inverse_design(CachedPredictor(subset), objective, SPACE, n_particles=6, iters=3, seed=0)
+    wanted = sorted(objective.target.keys)
+    assert subset.asked[:-1] == [wanted] * 3 and subset.asked[-1] is None  # the best one predicted in full
+    assert math.isfinite(result.best.descriptors["sphericity_std"])
+    assert all(math.isnan(c.descriptors["sphericity_std"]) for c in result.candidates[1:])
+    # a predictor without the keyword is called as before
+    plain = run_pso(inner, SPACE, objective, n_particles=4, iters=2, seed=0, stop_when_met=False)
+    assert plain.evaluations == 8

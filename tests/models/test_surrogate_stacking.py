@@ -174,3 +174,36 @@ def test_gp_is_surest_where_it_has_data_and_the_stack_scales_its_spread_by_the_g
     np.testing.assert_allclose(u[:, 0], std[:, 0])
     np.testing.assert_allclose(u[:, 3], 0.3 * std[:, 3])
     assert np.isnan(u[:, 1]).all() and np.isnan(u[:, 2]).all()  # no GP weight (or no weights): unknown
+
+
+def test_a_prediction_of_some_descriptors_generates_only_the_magnifications_they_use():
+    conditions = [{"ph": 9.5 + 0.1 * i, "time_min": 30.0 + 50 * (i % 7), "atmosphere": "n2"} for i in range(12)]
+    model = LatentDiffusionSurrogate(tiny_config(), training_descriptors=_training_table(conditions))
+    # D50 and mean sphericity from the GP alone, sphericity std and texture also from the images
+    stack = DescriptorStack(3, 1, {"d50_um": [0.0, 0.0, 1.0], "sphericity_mean": [0.0, 0.0, 1.0],
+                                   "sphericity_std": [0.0, 0.5, 0.5], "texture": [0.0, 0.6, 0.4]},
+                            {"sphericity_std": 0.05, "texture": 0.5}, 12)
+    model.config.descriptor_stacks = [stack.to_json()]
+    predictor = SurrogatePredictor(model)
+    asked = []
+    generate = model.generate
+    model.generate = lambda conds, mag, *a, **k: asked.append(mag) or generate(conds, mag, *a, **k)
+    assert predictor.magnifications_for(["d50_um", "sphericity_mean"], 1) == ()
+    assert predictor.magnifications_for(["d50_um", "texture"], 1) == ("high",)
+    assert predictor.magnifications_for(["sphericity_std"], 1) == ("low",)
+    with pytest.raises(ValueError, match="unknown descriptor"):
+        predictor.magnifications_for(["d90_um"], 1)
+
+    full = predictor.predict(CONDS[:3], n_images=1, seed=0)
+    assert asked == ["low", "high"]
+    asked.clear()
+    partial = predictor.predict(CONDS[:3], n_images=1, seed=0, descriptors=["d50_um", "sphericity_mean", "texture"])
+    assert asked == ["high"]
+    for f, p in zip(full, partial):
+        for k in ("d50_um", "sphericity_mean", "texture"):
+            assert p.descriptors[k] == pytest.approx(f.descriptors[k], rel=1e-12)
+    asked.clear()
+    gp_only = predictor.predict(CONDS[:3], n_images=1, seed=0, descriptors=["d50_um"])
+    assert asked == [] and gp_only[0].descriptors["d50_um"] == pytest.approx(full[0].descriptors["d50_um"])
+    # without a stack every descriptor comes from the images
+    assert SurrogatePredictor(model, stack=False).magnifications_for(["d50_um"], 1) == ("low",)
