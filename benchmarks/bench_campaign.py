@@ -11,8 +11,9 @@ every one of D50, mean sphericity and texture of one measured sample is within 5
 Targets are reachable by construction: the mean *measured* descriptors of ``--replicates`` samples made at random
 feasible conditions (seeded, never shown to the methods) in the world the surrogate was trained on
 (``--world-seed``, default 0; every method's lab is that world with its own batches, except a campaign's, which
-takes its own seed as world), so a target is the morphology those conditions give, not one sample's noise. Targets whose texture is below ``--min-texture`` are redrawn: there 5 % is far below the lab's
-sample-to-sample texture noise (~0.02) and no method could meet it but by luck. Methods, same targets, same budget
+takes its own seed as world), so a target is the morphology those conditions give, not one sample's noise.
+Targets whose texture is below ``--min-texture`` are redrawn: there 5 % is far below the lab's sample-to-sample
+texture noise (~0.02) and no method could meet it but by luck. Methods, same targets, same budget
 and batch size:
 
 * ``morphloop``: the campaign flow itself (:func:`flows.campaign.run_campaign`: PSO over the surrogate for round
