@@ -227,6 +227,11 @@ def run_design(target: dict, seed: int, work: Path, model: str | None, particles
           + ", ".join(f"{k} {100 * v:+.1f} %" for k, v in best.residuals.items()), file=sys.stderr)
     mean = measure_mean(Lab(work, seed), best.conditions, replicates)
     _log_residuals("design", target, mean)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "design.json").write_text(json.dumps({
+        "target": target["descriptors"], "hidden_conditions": target["conditions"], "design": best.to_dict(),
+        "measured_mean": mean, "replicates": replicates, "evaluations": result.evaluations,
+        "wall_time_s": result.wall_time_s}, default=str, indent=1))
     return _first_met(objective, [mean])
 
 

@@ -1,7 +1,8 @@
 """Inverse design side by side: PSO vs BoTorch vs random search on one predictor (quality and speed; not tests).
 
-    .venv/bin/python benchmarks/bench_inverse_design.py [--predictor simulator | --model DIR] [--targets 4]
-        [--particles 20] [--iters 20] [--bo-init 8] [--bo-q 4] [--bo-rounds 8] [--threads 1] [--json]
+    .venv/bin/python benchmarks/bench_inverse_design.py [--predictor simulator | --model DIR [--steps S]]
+        [--targets 4] [--particles 20] [--iters 20] [--n-images 4] [--bo-init 8] [--bo-q 4] [--bo-rounds 8]
+        [--batching-iters N] [--batching-repeats 3] [--paper-budget] [--threads 1] [--json]
 
 Targets are the predictor's own predictions at random feasible conditions with noise seed ``--seed``, and every
 method queries the predictor with that same noise seed, so each target is exactly reachable. Method seeds
@@ -15,7 +16,9 @@ methods (the smaller budget, BoTorch's by default), and the wall time. Methods:
   :func:`loop.proposer.propose_batch` (GP on the predictor outputs, qLogNEI, continuous optimisation).
 
 Speed: PSO with one batched ``predict`` call per iteration against one call per particle (same swarm, same
-answer), as a wall-time ratio (best of 3 runs each). The simulator fake costs little per call; ``--call-overhead-ms`` adds a fixed
+answer), as a wall-time ratio (best of ``--batching-repeats`` runs each); ``--paper-budget`` also times paper
+000's 40 x 50 swarm run to the end (no early stop) through :class:`loop.predictor.CachedPredictor`, with the peak
+resident memory. The simulator fake costs little per call; ``--call-overhead-ms`` adds a fixed
 cost per call to mimic a model's launch/synchronisation cost (reported, default 0).
 
 ``--predictor simulator`` (default): the virtual lab's noise-free truth plus seeded per-image noise (a copy of
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 from loop.objective import Objective, Target
-from loop.predictor import DESCRIPTORS, Prediction, descriptor_array
+from loop.predictor import DESCRIPTORS, CachedPredictor, Prediction, descriptor_array
 from loop.proposer import propose_batch
 from loop.pso import run_pso, run_random_search
 from loop.space import SearchSpace
@@ -80,7 +83,7 @@ def load_predictor(args: argparse.Namespace) -> Any:
         from models.surrogate import SurrogatePredictor
     except ImportError as exc:  # the surrogate is built in another issue
         sys.exit(f"error: --model needs models.surrogate.SurrogatePredictor ({exc}); use --predictor simulator")
-    return SurrogatePredictor.from_pretrained(args.model)
+    return SurrogatePredictor.from_pretrained(args.model, steps=args.steps)
 
 
 def make_targets(predictor: Any, space: SearchSpace, n: int, seed: int, n_images: int) -> list[Target]:
@@ -143,13 +146,31 @@ def summarise(runs: list[dict[str, Any]], budget: int, common: int) -> dict[str,
             "mean_wall_time_s": float(np.mean([r["wall_time_s"] for r in runs]))}
 
 
+def paper_budget_run(predictor: Any, space: SearchSpace, objective: Objective, args: argparse.Namespace) -> dict:
+    """Paper 000's swarm, 40 particles x 50 iterations run to the end (no early stop), batched and cached."""
+    cached = CachedPredictor(predictor)
+    peak0 = _peak_rss_mb()
+    r = run_pso(cached, space, objective, n_particles=40, iters=50, n_images=args.n_images, seed=args.seed,
+                stop_when_met=False)
+    return {"wall_time_s": r.wall_time_s, "evaluations": r.evaluations, "distinct_evaluations": cached.evaluations,
+            "predict_calls": cached.batches, "met": r.met, "evaluations_to_target": r.evaluations_to_target,
+            "peak_rss_mb": max(peak0, _peak_rss_mb())}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def batching_ratio(predictor: Any, space: SearchSpace, objective: Objective, args: argparse.Namespace) -> dict:
-    kwargs = dict(n_particles=args.particles, iters=max(2, args.iters // 2), n_images=args.n_images, seed=0,
-                  stop_when_met=False)
-    runs = {mode: [run_pso(predictor, space, objective, batch=mode == "batched", **kwargs) for _ in range(3)]
+    kwargs = dict(n_particles=args.particles, iters=args.batching_iters or max(2, args.iters // 2),
+                  n_images=args.n_images, seed=0, stop_when_met=False)
+    runs = {mode: [run_pso(predictor, space, objective, batch=mode == "batched", **kwargs)
+                   for _ in range(args.batching_repeats)]
             for mode in ("batched", "unbatched")}
     assert runs["batched"][0].history == runs["unbatched"][0].history, "batching must not change the answer"
-    best = {mode: min(r.wall_time_s for r in rs) for mode, rs in runs.items()}  # min of 3: least disturbed
+    best = {mode: min(r.wall_time_s for r in rs) for mode, rs in runs.items()}  # min of repeats: least disturbed
     return {"batched_s": best["batched"], "unbatched_s": best["unbatched"],
             "unbatched_over_batched": best["unbatched"] / best["batched"],
             "predict_calls": [runs["batched"][0].predict_calls, runs["unbatched"][0].predict_calls]}
@@ -167,6 +188,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bo-q", type=int, default=4)
     parser.add_argument("--bo-rounds", type=int, default=8)
     parser.add_argument("--call-overhead-ms", type=float, default=0.0)
+    parser.add_argument("--steps", type=int, default=None, help="surrogate solver steps (default: the model's)")
+    parser.add_argument("--batching-iters", type=int, default=None, help="iterations of the batching comparison "
+                                                                         "(default: --iters / 2)")
+    parser.add_argument("--batching-repeats", type=int, default=3)
+    parser.add_argument("--paper-budget", action="store_true",
+                        help="also time one 40 x 50 swarm run to the end (paper 000's budget), batched and cached")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 was fastest on 2 busy cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
@@ -194,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                 / summary["random"]["median_best_at_common_budget"])
     report = {"predictor": args.model or args.predictor, "args": vars(args), "summary": summary, "runs": runs,
               "batching": batching_ratio(predictor, space, Objective(targets[0]), args)}
+    if args.paper_budget:
+        report["paper_budget"] = paper_budget_run(predictor, space, Objective(targets[0]), args)
     if args.json:
         print(json.dumps(report))
     else:
@@ -216,6 +245,10 @@ def print_table(report: dict[str, Any]) -> None:
     b = report["batching"]
     print(f"PSO one predict call per iteration: {b['batched_s']:.3f} s; one per particle: {b['unbatched_s']:.3f} s "
           f"(x{b['unbatched_over_batched']:.2f}; calls {b['predict_calls'][0]} vs {b['predict_calls'][1]})")
+    if "paper_budget" in report:
+        pb = report["paper_budget"]
+        print(f"PSO 40 x 50 to the end, batched and cached: {pb['wall_time_s']:.1f} s, {pb['distinct_evaluations']} "
+              f"distinct evaluations in {pb['predict_calls']} calls, peak RSS {pb['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":
