@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging.config
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -34,12 +35,15 @@ from loop.predictor import MorphologyPredictor, Prediction, accepts_descriptor_s
 from loop.space import SearchSpace
 
 __all__ = ["Candidate", "PSOResult", "run_pso", "run_random_search", "distinct_conditions",
-           "best_known_conditions", "known_starts", "inverse_design", "PSO_OPTIONS", "DESIGN_PATIENCE"]
+           "best_known_conditions", "known_starts", "inverse_design", "rerank_over_seeds", "PSO_OPTIONS",
+           "DESIGN_PATIENCE", "DESIGN_RERANK_SEEDS"]
 
 #: Constriction coefficients of Clerc & Kennedy (2002): a standard, convergent choice.
 PSO_OPTIONS = {"c1": 1.49618, "c2": 1.49618, "w": 0.7298}
 #: Iterations without improvement that end :func:`inverse_design`'s search.
 DESIGN_PATIENCE = 8
+#: Extra noise seeds :func:`inverse_design` predicts its top candidates with before ranking them.
+DESIGN_RERANK_SEEDS = 2
 
 
 @dataclass
@@ -384,7 +388,8 @@ def known_starts(predictor: Any, objective: Objective, k: int, fixed: Mapping[st
 def inverse_design(predictor: MorphologyPredictor, objective: Objective, space: SearchSpace | None = None,
                    n_particles: int = 40, iters: int = 50, n_images: int = 2, seed: int = 0,
                    uncertainty_weight: float = 1.0, patience: int | None = DESIGN_PATIENCE,
-                   progress: Callable[[int, Candidate], Any] | None = None, top_k: int = 10) -> PSOResult:
+                   progress: Callable[[int, Candidate], Any] | None = None, top_k: int = 10,
+                   rerank_seeds: int = DESIGN_RERANK_SEEDS) -> PSOResult:
     """``morphloop design``'s search: conditions to synthesise once, expecting the target morphology.
 
     A swarm (:func:`run_pso`) whose first half starts at the predictor's best known conditions
@@ -392,13 +397,53 @@ def inverse_design(predictor: MorphologyPredictor, objective: Objective, space: 
     (``uncertainty_weight=1``): a one-shot design should sit where the predictor is sure, not merely where its
     mean looks right. The search does not stop at the first candidate predicted to meet the target (a surer one
     may follow); it stops after ``patience`` iterations without improvement or ``iters`` iterations.
+
+    The swarm's best of many noisy evaluations is biased toward lucky images (the winner's curse), so the
+    ``top_k`` candidates are predicted again with ``rerank_seeds`` other noise seeds and ranked on the mean
+    over all seeds (:func:`rerank_over_seeds`).
     """
     space = space or SearchSpace.default()
     starts = known_starts(predictor, objective, max(n_particles, 2) // 2, fixed=space.fixed)
     result = run_pso(predictor, space, objective, n_particles=max(n_particles, 2), iters=iters, n_images=n_images,
                      seed=seed, progress=progress, patience=patience, stop_when_met=False, top_k=top_k,
                      init_conditions=starts, uncertainty_weight=uncertainty_weight)
+    if rerank_seeds:
+        seeds = [seed + 1 + j for j in range(rerank_seeds)]
+        result.candidates = rerank_over_seeds(predictor, objective, result.candidates, n_images, seeds,
+                                              uncertainty_weight)
+        result.evaluations += len(result.candidates) * len(seeds)
+        result.extra["rerank_seeds"] = [seed, *seeds]
     if accepts_descriptor_subset(predictor):  # the search predicted the target's descriptors only
         full = predictor.predict([result.best.conditions], n_images=n_images, seed=seed)[0]
-        result.best.descriptors, result.best.spread = dict(full.descriptors), dict(full.spread)
+        result.best.descriptors = {**full.descriptors, **{k: result.best.descriptors[k] for k in objective.target.keys}}
+        result.best.spread = {**full.spread, **{k: v for k, v in result.best.spread.items()
+                                                if k in objective.target.keys}}
     return result
+
+
+def rerank_over_seeds(predictor: MorphologyPredictor, objective: Objective, candidates: Sequence[Candidate],
+                      n_images: int, seeds: Sequence[int], uncertainty_weight: float = 0.0) -> list[Candidate]:
+    """``candidates`` predicted again under each noise seed of ``seeds`` (one batched call per seed), their
+    descriptors averaged with the original prediction, re-scored and re-ranked (best first). ``spread`` becomes
+    the standard deviation of each descriptor across the seeds."""
+    if not candidates:
+        return []
+    conditions = [dict(c.conditions) for c in candidates]
+    extra = {"descriptors": list(objective.target.keys)} if accepts_descriptor_subset(predictor) else {}
+    runs = [[c.descriptors for c in candidates]]
+    for s in seeds:
+        runs.append([p.descriptors for p in predictor.predict(conditions, n_images=n_images, seed=s, **extra)])
+    out = []
+    for i, c in enumerate(candidates):
+        values = {k: np.array([float(run[i].get(k, math.nan)) if run[i].get(k) is not None else math.nan
+                               for run in runs]) for k in c.descriptors}
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN descriptors stay NaN
+            mean = {k: float(np.nanmean(v)) for k, v in values.items()}
+            spread = {k: float(np.nanstd(v)) for k, v in values.items()}
+        f = float(objective(mean)[0])
+        sure = Prediction({}, mean, {}, uncertainty=c.uncertainty)
+        risk = uncertainty_weight * float(objective.uncertainty_cost([sure])[0])
+        out.append(Candidate(dict(c.conditions), mean, spread, f, objective.target_met(mean),
+                             objective.residuals(mean), dict(c.uncertainty), risk))
+    return sorted(out, key=lambda c: (c.score, not c.met))

@@ -10,7 +10,8 @@ import pytest
 
 from loop.objective import Objective, Target
 from loop.predictor import CachedPredictor, Prediction
-from loop.pso import PSOResult, best_known_conditions, inverse_design, known_starts, run_pso, run_random_search
+from loop.pso import (PSOResult, best_known_conditions, inverse_design, known_starts, rerank_over_seeds, run_pso,
+                      run_random_search)
 from loop.space import SearchSpace
 
 SPACE = SearchSpace.default()
@@ -308,9 +309,31 @@ def test_the_swarm_asks_for_its_targets_descriptors_only_and_design_completes_th
     subset = SubsetPredictor(inner)
     result = inverse_design(CachedPredictor(subset), objective, SPACE, n_particles=6, iters=3, seed=0)
     wanted = sorted(objective.target.keys)
-    assert subset.asked[:-1] == [wanted] * 3 and subset.asked[-1] is None  # the best one predicted in full
+    # three swarm iterations, two re-ranking seeds, then the best one predicted in full
+    assert subset.asked == [wanted] * 5 + [None]
     assert math.isfinite(result.best.descriptors["sphericity_std"])
     assert all(math.isnan(c.descriptors["sphericity_std"]) for c in result.candidates[1:])
     # a predictor without the keyword is called as before
     plain = run_pso(inner, SPACE, objective, n_particles=4, iters=2, seed=0, stop_when_met=False)
     assert plain.evaluations == 8
+
+
+def test_reranking_over_seeds_averages_out_a_lucky_draw(truth_predictor):
+    inner = truth_predictor(noise=3.0)
+    objective = reachable_objective(inner)
+    pool = SPACE.sample(40, np.random.default_rng(6)) + [dict(KNOWN)]
+    one_seed = run_pso(inner, SPACE, objective, n_particles=len(pool), iters=1, n_images=2, seed=0, top_k=10,
+                       stop_when_met=False, init_conditions=pool)
+    seeds = [11, 12, 13, 14]
+    ranked = rerank_over_seeds(inner, objective, one_seed.candidates, 2, seeds)
+    assert sorted(c.score for c in ranked) == [c.score for c in ranked]
+    for c in ranked:  # the mean over the original and the new seeds, re-scored
+        draws = [inner.predict([c.conditions], 2, s)[0].descriptors["texture"] for s in (0, *seeds)]
+        assert c.descriptors["texture"] == pytest.approx(np.mean(draws))
+        assert c.spread["texture"] == pytest.approx(np.std(draws))
+        assert c.objective == pytest.approx(objective(c.descriptors)[0])
+    # averaged predictions are closer to the noise-free truth than the single draw the swarm ranked on
+    error = lambda cands: np.mean([abs(c.descriptors["texture"] - inner.truth(c.conditions)["texture"])  # noqa: E731
+                                   for c in cands])
+    assert error(ranked) < error(one_seed.candidates)
+    assert rerank_over_seeds(inner, objective, [], 2, seeds) == []
