@@ -53,7 +53,8 @@ def design(
     particles: int = typer.Option(40, "--particles", help="Swarm size (paper 000: 40)."),
     iters: int = typer.Option(50, "--iters", help="Iterations at most (paper 000: 50)."),
     n_images: int = typer.Option(2, "--n-images", help="Generated tiles per condition and magnification."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Solver steps (default: the model's)."),
+    steps: int = typer.Option(6, "--steps", help="Solver steps (the shipped model's stacked prediction is as "
+                                                 "good at 6 as at 10: texture R² 0.93 and 0.92)."),
     uncertainty_weight: float = typer.Option(
         1.0, "--uncertainty-weight", help="Weight of the prediction's own uncertainty in the score (1: expected F; "
                                           "0: F of the predicted mean, ignoring how sure the surrogate is)."),
@@ -70,7 +71,7 @@ def design(
     from models.surrogate.predictor import SurrogatePredictor
     from simulators.fields import write_sem_tiff
 
-    for flag, value in (("--particles", particles), ("--iters", iters), ("--n-images", n_images)):
+    for flag, value in (("--particles", particles), ("--iters", iters), ("--n-images", n_images), ("--steps", steps)):
         if value < 1:
             _err(f"error: {flag} must be at least 1, got {value}")
             raise typer.Exit(2)
