@@ -53,9 +53,9 @@ import numpy as np
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from flows.campaign import describe_images, open_campaign, run_campaign  # noqa: E402
+from flows.campaign import open_campaign, run_campaign  # noqa: E402
 from devices.lab import SimulatedLab  # noqa: E402
-from flows.dispatch import DispatchError, InProcessDispatcher  # noqa: E402
+from flows.dispatch import DispatchError, InProcessDispatcher, describe_images  # noqa: E402
 from loop.campaign_config import load_campaign_config  # noqa: E402
 from loop.config import DESCRIPTORS  # noqa: E402
 from loop.ledger import Ledger  # noqa: E402

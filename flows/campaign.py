@@ -42,7 +42,7 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from flows.dispatch import DispatchError, InProcessDispatcher
+from flows.dispatch import DispatchError, InProcessDispatcher, describe_images
 from flows.simulate import DocumentLog
 from loop.campaign_config import CampaignConfig
 from loop.config import DESCRIPTORS
@@ -200,14 +200,6 @@ def propose_task(campaign: Campaign, round: int, q: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------- experiments
-def describe_images(describer: Describer, images: dict[str, str]) -> dict[str, float]:
-    """D50 and sphericity from the low-magnification frame, texture from the high one."""
-    low = describer.describe(images["low"]).descriptors
-    high = describer.describe(images["high"]).descriptors
-    return {"d50_um": low.get("d50_um"), "sphericity_mean": low.get("sphericity_mean"),
-            "sphericity_std": low.get("sphericity_std"), "texture": high.get("texture")}
-
-
 @task(name="run-experiment", tags=["reactor"], cache_policy=NO_CACHE, retries=0)
 def run_experiment_task(campaign: Campaign, experiment_id: str) -> dict:
     """Dispatch one experiment until it completes or its attempts are spent; every attempt is in the ledger.

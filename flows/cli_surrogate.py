@@ -258,6 +258,40 @@ def stack(
          f"({fit['n_conditions']} conditions)")
 
 
+@surrogate_app.command("measure-training")
+def measure_training(
+    model: Path = typer.Option(..., "--model", help="Model folder (training_descriptors.json and the GP rewritten)."),
+    data_seed: int = typer.Option(0, "--data-seed", help="The --seed the training set was built with."),
+    world_seed: int = typer.Option(0, "--world-seed", help="The virtual lab's world the training set came from."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Samples made and measured at once."),
+    restack: bool = typer.Option(True, "--restack/--no-restack", help="Refit the model's descriptor stacks."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+) -> None:
+    """Make the training samples again in the virtual lab (same world and batch seeds) and measure their full
+    SEM frames with describe, as the lab measures every experiment; the training-set GP and the descriptor
+    stacks then predict on the lab's scale."""
+    from rich.progress import Progress
+
+    from flows.surrogate_flow import measure_training as measure
+
+    model_dir = _model_with_training_descriptors(model, "measure the training samples of")
+    with Progress(console=_console(), transient=True) as bar:
+        n = len(json.loads((model_dir / "training_descriptors.json").read_text()))
+        task = bar.add_task("training samples made and measured", total=n)
+        try:
+            summary = measure(model_dir, data_seed, world_seed, workers, restack,
+                              progress=lambda k: bar.advance(task, k))
+        except ValueError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2)
+    if as_json:
+        typer.echo(json.dumps(summary, default=float))
+    else:
+        _err(json.dumps(summary, indent=1, default=float))
+    _err(f"measured descriptors of {summary['n_conditions']} training samples written to {model_dir}; "
+         f"{len(summary['stacks'])} stack(s) refitted")
+
+
 @surrogate_app.command("report")
 def report(
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: the shipped model)."),

@@ -18,6 +18,7 @@ from devices.lab import SimulatedLab
 from devices.plans import synthesize_and_image
 from devices.reactor import Reactor
 from devices.sem import SEM
+from models.describe import Describer
 
 
 class DispatchError(RuntimeError):
@@ -104,3 +105,12 @@ class InProcessDispatcher:
             out.images[mag] = str(frame["sem_image_path"])
             out.pixel_size_um[mag] = float(frame["sem_pixel_size_um"])
         return out
+
+
+def describe_images(describer: Describer, images: dict[str, str]) -> dict[str, float]:
+    """What the lab records of one experiment: D50 and sphericity from the low-magnification frame, texture from
+    the high one (``describe``'s pipeline)."""
+    low = describer.describe(images["low"]).descriptors
+    high = describer.describe(images["high"]).descriptors
+    return {"d50_um": low.get("d50_um"), "sphericity_mean": low.get("sphericity_mean"),
+            "sphericity_std": low.get("sphericity_std"), "texture": high.get("texture")}

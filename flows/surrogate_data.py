@@ -125,7 +125,7 @@ def build_training_set(out_dir: str | Path, *, n_interior: int = 256, n_faces: i
     jobs, cid = [], 0
     for split in ("train", "heldout"):
         for cond in design[split]:
-            jobs.append((out_dir, split, cid, cond, 10_000 * (seed + 1) + cid, n_tiles))
+            jobs.append((out_dir, split, cid, cond, training_sample_seed(cid, seed), n_tiles))
             cid += 1
     rows: list[dict] = []
     if workers > 1:
@@ -142,6 +142,76 @@ def build_training_set(out_dir: str | Path, *, n_interior: int = 256, n_faces: i
     table = pd.DataFrame(rows)
     table.to_parquet(out_dir / TABLE, index=False)
     return table
+
+
+#: What the lab records of a training sample (``describe`` on its full SEM frames), stored beside ``tile_*``.
+MEASURED_PREFIX = "measured_"
+MEASURED_KEYS = ("d50_um", "sphericity_mean", "sphericity_std", "texture")
+
+
+def training_sample_seed(condition_id: int, data_seed: int = 0) -> int:
+    """The batch-noise seed :func:`build_training_set` gave a condition's sample."""
+    return 10_000 * (data_seed + 1) + int(condition_id)
+
+
+def _measure_job(args) -> dict[str, Any]:
+    """One training sample made again in the lab (same world and sample seed) and measured as the lab does."""
+    import tempfile
+
+    from devices.lab import SimulatedLab
+    from flows.dispatch import InProcessDispatcher, describe_images
+    from models.describe import Describer
+
+    cid, conditions, truth, world_seed, sample_seed = args
+    with tempfile.TemporaryDirectory(prefix="morphloop-measure-") as tmp:
+        lab = SimulatedLab(tmp, seed=world_seed, time_compression=None, first_sample_seed=sample_seed - 1)
+        result = InProcessDispatcher(tmp, lab=lab).run(dict(conditions), f"T{cid:05d}", {})
+        made = lab.samples[result.sample_id].as_dict()
+        if truth and any(abs(made[k] - v) > 1e-6 * max(1.0, abs(v)) for k, v in truth.items() if k in made):
+            raise ValueError(f"condition {cid}: the lab made a different sample than the training set's (D50 "
+                             f"{made['d50_um']:.4f} vs {truth.get('d50_um')}); the set was built with another "
+                             f"--seed or world: pass that data seed")
+        measured = describe_images(Describer(), result.images)
+    return {"condition_id": cid, **{MEASURED_PREFIX + k: (np.nan if measured.get(k) is None else float(measured[k]))
+                                    for k in MEASURED_KEYS}}
+
+
+def measure_training_samples(table: pd.DataFrame, *, data_seed: int = 0, world_seed: int = 0, workers: int = 2,
+                             progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """``table`` (one row per training condition, e.g. a model's ``training_descriptors.json``) with
+    ``measured_*`` columns: each condition's training sample made again in the virtual lab (same world, same
+    batch-noise seed, so the same sample) and imaged by the lab's SEM at full frame, then measured by
+    ``describe`` -- what a lab holds for historical samples.
+
+    The tiles a surrogate learns from are small crops whose descriptors are calibrated to the simulator's truth;
+    what the lab (and every campaign) measures is ``describe`` on full frames, which reads texture and the
+    sphericities differently. Predictions meant to be compared with measurements learn from these columns.
+    """
+    if "condition_id" not in table.columns:
+        raise ValueError("the table needs a condition_id column (one row per training condition)")
+    names = [c for c in table.columns if c.startswith("cond_")]
+    truth_names = [c for c in table.columns if c.startswith("true_")]
+    jobs = []
+    for _, row in table.iterrows():
+        cid = int(row["condition_id"])
+        conditions = {n[len("cond_"):]: (row[n] if isinstance(row[n], str) else float(row[n])) for n in names}
+        truth = {n[len("true_"):]: float(row[n]) for n in truth_names}
+        jobs.append((cid, conditions, truth, world_seed, training_sample_seed(cid, data_seed)))
+    results = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for result in pool.map(_measure_job, jobs, chunksize=4):
+                results.append(result)
+                if progress:
+                    progress(1)
+    else:
+        for job in jobs:
+            results.append(_measure_job(job))
+            if progress:
+                progress(1)
+    measured = pd.DataFrame(results)
+    kept = table.drop(columns=[c for c in table.columns if c.startswith(MEASURED_PREFIX)])
+    return kept.merge(measured, on="condition_id", how="left")
 
 
 def load_training_set(data_dir: str | Path) -> pd.DataFrame:

@@ -17,8 +17,9 @@ import torch
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.surrogate_data import condition_schema, conditions_of, load_training_set
-from models.surrogate.descriptors import describe_low_tiles, fit_affine, tile_textures
+from flows.surrogate_data import condition_schema, conditions_of, load_training_set, measure_training_samples
+from models.surrogate.descriptors import (DESCRIPTOR_NAMES, TRAINING_DESCRIPTORS_FILE, describe_low_tiles, fit_affine,
+                                          tile_textures)
 from models.surrogate.model import LatentDiffusionSurrogate, SurrogateConfig
 from models.surrogate.training import TileSet, TrainingBudget, fine_tune, train_from_scratch
 
@@ -120,6 +121,44 @@ def stack_descriptors(model_dir: str | Path, n_conditions: int = 160, n_images: 
     predictor.training_gp()  # fitted once here and shipped, so that every process predicts the same numbers
     predictor.surrogate.save_training_gp(model_dir)
     return stack.to_json()
+
+
+def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int = 0, workers: int = 2,
+                     restack: bool = True, progress: Callable[[int], None] | None = None) -> dict:
+    """Add what the lab measures of a saved model's training samples (``measured_*`` columns of
+    ``training_descriptors.json``, :func:`flows.surrogate_data.measure_training_samples`), refit and save the
+    training-set GP on them, and (``restack``) refit every descriptor stack the model has, since a stack fitted
+    against the old values would predict on their scale. Returns R² of the tile descriptors against the
+    measured ones (how far apart the two scales are) and the refitted stacks."""
+    from models.checkpointing import atomic_write
+    from models.surrogate.calibration import training_tile_descriptors
+    from models.surrogate.fidelity import r2_score
+    from models.surrogate.model import TRAINING_GP_FILE
+    from models.surrogate.predictor import SurrogatePredictor
+
+    model_dir = Path(model_dir)
+    model = LatentDiffusionSurrogate.from_pretrained(model_dir)
+    if model.training_descriptors is None:
+        raise ValueError(f"{model_dir} has no {TRAINING_DESCRIPTORS_FILE}")
+    table = measure_training_samples(model.training_descriptors, data_seed=data_seed, world_seed=world_seed,
+                                     workers=workers, progress=progress)
+    atomic_write(model_dir / TRAINING_DESCRIPTORS_FILE,
+                 lambda path: table.to_json(path, orient="records", indent=1))
+    (model_dir / TRAINING_GP_FILE).unlink(missing_ok=True)  # fitted on the old values
+    model = LatentDiffusionSurrogate.from_pretrained(model_dir)
+    SurrogatePredictor(model).training_gp()
+    model.save_training_gp(model_dir)
+    _, tile = training_tile_descriptors(table, model.config)
+    measured = table[[f"measured_{k}" for k in DESCRIPTOR_NAMES]].to_numpy(float)
+    summary = {"n_conditions": int(len(table)),
+               "unmeasured": {k: int(np.isnan(measured[:, j]).sum()) for j, k in enumerate(DESCRIPTOR_NAMES)},
+               "r2_tile_vs_measured": {k: r2_score(measured[:, j], tile[:, j]) for j, k in enumerate(DESCRIPTOR_NAMES)},
+               "stacks": []}
+    if restack:
+        for old in list(model.config.descriptor_stacks):
+            summary["stacks"].append(stack_descriptors(model_dir, int(old["n_conditions"]), int(old["n_images"]),
+                                                       int(old["steps"])))
+    return summary
 
 
 @flow(name="surrogate-train")

@@ -48,6 +48,18 @@ def training_tile_descriptors(table: pd.DataFrame, config: SurrogateConfig) -> t
     return conditions, values.astype(float)
 
 
+def training_measured_descriptors(table: pd.DataFrame, config: SurrogateConfig) -> tuple[list[dict], np.ndarray]:
+    """The training conditions and what the lab measures of their samples: the ``measured_*`` columns
+    (``describe`` on the lab's full SEM frames, ``morphloop surrogate measure-training``) when the table has
+    them, else the calibrated tile descriptors (:func:`training_tile_descriptors`). ``n x 4``,
+    :data:`DESCRIPTOR_NAMES` order."""
+    columns = [f"measured_{k}" for k in DESCRIPTOR_NAMES]
+    if not all(c in table.columns for c in columns):
+        return training_tile_descriptors(table, config)
+    conditions, _ = training_tile_descriptors(table, config)
+    return conditions, table[columns].to_numpy(float)
+
+
 def apply_generation_calibration(descriptors: dict[str, float], calibration: dict[str, list[float]]
                                  ) -> dict[str, float]:
     """``descriptors`` through the per-descriptor affine maps (descriptors without one pass unchanged)."""
@@ -90,12 +102,14 @@ def fit_stack_on_training(predictor: SurrogatePredictor, n_conditions: int = 160
                           seed: int = 1) -> DescriptorStack:
     """Fit a :class:`~models.surrogate.stacking.DescriptorStack` for ``predictor``'s solver steps and
     ``n_images`` tiles on ``n_conditions`` of the model's training conditions (generated with noise ``seed``,
-    the GP cross-validated over all training conditions)."""
+    the GP cross-validated over all training conditions), against what the lab measured of those samples when
+    the model has it (:func:`training_measured_descriptors`)."""
     table = predictor.surrogate.training_descriptors
     if table is None:
         raise ValueError("the surrogate has no training descriptors (training_descriptors.json); stack a model "
                          "written by 'morphloop surrogate train'")
-    conditions, simulated = training_tile_descriptors(table, predictor.surrogate.config)
+    # the stack predicts what the lab measures (training_measured_descriptors), the GP learns from the same
+    conditions, simulated = training_measured_descriptors(table, predictor.surrogate.config)
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(conditions), min(n_conditions, len(conditions)), replace=False))
     if len(chosen) < MIN_CALIBRATION_CONDITIONS:

@@ -172,3 +172,29 @@ def test_shipped_model_is_small_and_pickle_free():
     files = [p for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 25 * 2**20
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+
+
+def test_measure_training_reproduces_the_samples_and_measures_them_as_the_lab_does(tmp_path):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("report"))
+    shipped = json.loads((model / "training_descriptors.json").read_text())
+    (model / "training_descriptors.json").write_text(json.dumps(shipped[:3]))
+    gp_before = (model / "training_gp.safetensors").read_bytes()
+    result = invoke("surrogate", "measure-training", "--model", model, "--workers", 1, "--no-restack", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n_conditions"] == 3 and summary["stacks"] == []
+    rows = json.loads((model / "training_descriptors.json").read_text())
+    for row, before in zip(rows, shipped[:3]):
+        # the same sample as the training set's (its true D50), measured on full frames close to its truth
+        assert row["true_d50_um"] == before["true_d50_um"]
+        assert row["measured_d50_um"] == pytest.approx(row["true_d50_um"], rel=0.2)
+        assert 0 <= row["measured_texture"] <= 1
+        if "measured_d50_um" in before:  # the shipped values are reproduced exactly
+            assert row["measured_d50_um"] == pytest.approx(before["measured_d50_um"], rel=1e-9)
+    assert (model / "training_gp.safetensors").read_bytes() != gp_before  # refitted on 3 measured samples
+    result = invoke("surrogate", "measure-training", "--model", model, "--workers", 1, "--no-restack",
+                    "--data-seed", 4)
+    assert result.exit_code == 2 and "another --seed" in result.stderr

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from models.surrogate.calibration import (MIN_CALIBRATION_CONDITIONS, apply_generation_calibration,
-                                          fit_generation_calibration, training_tile_descriptors)
+                                          fit_generation_calibration, training_measured_descriptors,
+                                          training_tile_descriptors)
 from models.surrogate.descriptors import DESCRIPTOR_NAMES, TRAINING_DESCRIPTORS_FILE
 from models.surrogate.model import SurrogateConfig
 from models.surrogate.predictor import MorphologyPrediction
@@ -82,3 +83,17 @@ def test_the_shipped_model_carries_a_fitted_calibration_and_reports_both_figures
     report = json.loads((DEFAULT_MODEL_DIR / "report" / "report.json").read_text())
     assert report["generation_calibration"] == config["generation_calibration"]
     assert {"surrogate", "surrogate before generation calibration"} <= set(report["r2"])
+
+
+def test_measured_descriptors_are_preferred_to_tile_descriptors_when_a_model_has_them():
+    config = SurrogateConfig(conditions=[{"name": "ph", "kind": "continuous", "low": 9.5, "high": 11.5}])
+    table = _training_table(5, np.random.default_rng(3))
+    conditions, tile = training_tile_descriptors(table, config)
+    assert training_measured_descriptors(table, config)[1].tolist() == tile.tolist()  # nothing measured yet
+    measured = np.arange(20, dtype=float).reshape(5, 4)
+    measured[2, 3] = np.nan  # an unmeasurable texture stays NaN (the GP leaves it out)
+    for j, k in enumerate(DESCRIPTOR_NAMES):
+        table[f"measured_{k}"] = measured[:, j]
+    again, values = training_measured_descriptors(table, config)
+    assert again == conditions
+    np.testing.assert_array_equal(values, measured)
