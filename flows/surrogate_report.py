@@ -8,8 +8,10 @@ both are described with the same pipeline and calibration. Figures:
 * R² of per-condition mean descriptors (D50, texture, sphericity mean and std), surrogate vs simulator, beside
   two baselines: the nearest training condition's simulated tiles, and a GP from conditions to descriptors; for a
   model with a generation calibration (:mod:`models.surrogate.calibration`, fitted on training conditions only)
-  also the surrogate's R² before it; for a model with a descriptor stack (:mod:`models.surrogate.stacking`) the
-  stacked screening prediction in a row of its own (the goals judge the images, never the stack);
+  also the surrogate's R² before it. The goals judge the generated images; a model's descriptor stack
+  (:mod:`models.surrogate.stacking`) is not shown: it predicts what the lab measures on full SEM frames
+  (``surrogate measure-training``), not the tile descriptors these references are, and its cross-validated R²
+  is in ``surrogate.json`` (``descriptor_stacks[].r2``);
 * Wasserstein distances of pooled particle diameters and sphericities, beside the distance between two
   independent simulated sample sets (the noise floor);
 * memorisation: RMS distance of generated tiles to their nearest training tile, beside that of fresh simulated
@@ -143,16 +145,13 @@ def fidelity_report(model_dir: str | Path, out_dir: str | Path, *, data_dir: str
     predictions = predictor.predict(conditions, n_images=n_images, seed=seed, keep_images=True)
     generation_seconds = time.monotonic() - t_gen
     ref = np.array([[r["descriptors"][k] for k in DESCRIPTOR_NAMES] for r in reference], float)
-    # the images' own descriptors are what the fidelity goals judge; the stacked prediction is shown apart
+    # the images' own descriptors are what the fidelity goals judge
     gen = np.array([[p.generated[k] for k in DESCRIPTOR_NAMES] for p in predictions], float)
     truth = np.array([[r["truth"][k] for k in DESCRIPTOR_NAMES] for r in reference], float)
     methods = {"surrogate": gen}
     if cfg.generation_calibration:
         methods["surrogate before generation calibration"] = np.array(
             [[p.uncalibrated[k] for k in DESCRIPTOR_NAMES] for p in predictions], float)
-    if predictor.descriptor_stack(n_images) is not None:
-        methods["screening prediction (images + training-set GP, stacked)"] = np.array(
-            [[p.descriptors[k] for k in DESCRIPTOR_NAMES] for p in predictions], float)
     methods.update(_baselines(model_dir, predictor, conditions))
     r2 = {name: {k: r2_score(ref[:, j], pred[:, j]) for j, k in enumerate(DESCRIPTOR_NAMES)}
           for name, pred in methods.items()}

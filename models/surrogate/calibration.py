@@ -57,7 +57,7 @@ def training_measured_descriptors(table: pd.DataFrame, config: SurrogateConfig) 
     if not all(c in table.columns for c in columns):
         return training_tile_descriptors(table, config)
     conditions, _ = training_tile_descriptors(table, config)
-    return conditions, table[columns].to_numpy(float)
+    return conditions, np.array(table[columns], dtype=float)  # a writable copy (torch warns on read-only arrays)
 
 
 def apply_generation_calibration(descriptors: dict[str, float], calibration: dict[str, list[float]]

@@ -113,11 +113,9 @@ def test_report_json_has_the_figures_and_baselines(tmp_path):
     result = invoke("surrogate", "report", "--out", tmp_path, "--heldout", 3, "--unseen", 2, "--n", 2, "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    stacked = "screening prediction (images + training-set GP, stacked)"
-    assert set(report["r2"]) == {"surrogate", "surrogate before generation calibration", stacked,
+    # the generated images against the simulated tiles; the stack predicts full-frame measurements: not here
+    assert set(report["r2"]) == {"surrogate", "surrogate before generation calibration",
                                  "nearest training condition", "GP conditions->descriptors"}
-    # the goals judge the generated images, not the stacked prediction
-    assert report["r2"][stacked]["d50_um"] != report["r2"]["surrogate"]["d50_um"]
     assert report["goals_met"]["d50_um"] == (report["r2"]["surrogate"]["d50_um"] >= 0.91)
     assert set(report["r2"]["surrogate"]) == {"d50_um", "sphericity_mean", "sphericity_std", "texture"}
     assert report["n_conditions"] == 5
