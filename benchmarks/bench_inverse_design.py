@@ -15,14 +15,15 @@ methods (the smaller budget, BoTorch's by default), and the wall time. Methods:
 * ``botorch``: ``--bo-init`` random conditions, then ``--bo-rounds`` sequential ``q = --bo-q`` batches of
   :func:`loop.proposer.propose_batch` (GP on the predictor outputs, qLogNEI, continuous optimisation).
 
-Speed: PSO with one batched ``predict`` call per iteration against one call per particle (same swarm, same
-answer), as a wall-time ratio (best of ``--batching-repeats`` runs each); ``--paper-budget`` also times paper
+Speed: PSO with one batched ``predict`` call per iteration against one call per particle (same swarm; the same
+answer up to the last bits of batched kernels), as a wall-time ratio (best of ``--batching-repeats`` runs each); ``--paper-budget`` also times paper
 000's 40 x 50 swarm run to the end (no early stop) through :class:`loop.predictor.CachedPredictor`, with the peak
 resident memory. The simulator fake costs little per call; ``--call-overhead-ms`` adds a fixed
 cost per call to mimic a model's launch/synchronisation cost (reported, default 0).
 
 ``--predictor simulator`` (default): the virtual lab's noise-free truth plus seeded per-image noise (a copy of
-``tests/loop/conftest.py``'s fake). ``--model DIR``: ``models.surrogate.SurrogatePredictor`` when importable.
+``tests/loop/conftest.py``'s fake). ``--model DIR``: the diffusion surrogate
+(``models.surrogate.predictor.SurrogatePredictor``).
 """
 from __future__ import annotations
 
@@ -80,20 +81,22 @@ def load_predictor(args: argparse.Namespace) -> Any:
     if args.model is None:
         return SimulatorPredictor(call_overhead_s=args.call_overhead_ms / 1000)
     try:
-        from models.surrogate import SurrogatePredictor
+        from models.surrogate.predictor import SurrogatePredictor
     except ImportError as exc:  # the surrogate is built in another issue
         sys.exit(f"error: --model needs models.surrogate.SurrogatePredictor ({exc}); use --predictor simulator")
     return SurrogatePredictor.from_pretrained(args.model, steps=args.steps)
 
 
-def make_targets(predictor: Any, space: SearchSpace, n: int, seed: int, n_images: int) -> list[Target]:
-    """Targets the predictor can reach: its own predictions at random feasible conditions."""
+def make_targets(predictor: Any, space: SearchSpace, n: int, seed: int, n_images: int,
+                 with_std: bool = False) -> list[Target]:
+    """Targets the predictor can reach: its own predictions at random feasible conditions (D50, sphericity and
+    texture, as ``morphloop design``'s numeric targets; ``with_std`` adds the sphericity std)."""
     conditions = space.sample(4 * n, np.random.default_rng(10_000 + seed))
     targets = []
     for p in predictor.predict(conditions, n_images=n_images, seed=seed):
         d = {k: float(p.descriptors[k]) for k in DESCRIPTORS}
         if np.isfinite([d["d50_um"], d["sphericity_mean"], d["texture"]]).all():  # skip unmeasurable outputs
-            std = d["sphericity_std"] if np.isfinite(d["sphericity_std"]) else None
+            std = d["sphericity_std"] if with_std and np.isfinite(d["sphericity_std"]) else None
             targets.append(Target(d["d50_um"], d["sphericity_mean"], d["texture"], std))
     return targets[:n]
 
@@ -169,11 +172,15 @@ def batching_ratio(predictor: Any, space: SearchSpace, objective: Objective, arg
     runs = {mode: [run_pso(predictor, space, objective, batch=mode == "batched", **kwargs)
                    for _ in range(args.batching_repeats)]
             for mode in ("batched", "unbatched")}
-    assert runs["batched"][0].history == runs["unbatched"][0].history, "batching must not change the answer"
+    # the simulator fake answers identically; a neural surrogate's batched kernels differ in the last bits, which
+    # can move a texture measurement: report how far the two runs' best-F histories are apart
+    a, b = np.asarray(runs["batched"][0].history), np.asarray(runs["unbatched"][0].history)
+    history_rel_diff = float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-12)))
     best = {mode: min(r.wall_time_s for r in rs) for mode, rs in runs.items()}  # min of repeats: least disturbed
     return {"batched_s": best["batched"], "unbatched_s": best["unbatched"],
             "unbatched_over_batched": best["unbatched"] / best["batched"],
-            "predict_calls": [runs["batched"][0].predict_calls, runs["unbatched"][0].predict_calls]}
+            "predict_calls": [runs["batched"][0].predict_calls, runs["unbatched"][0].predict_calls],
+            "history_max_relative_difference": history_rel_diff}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -192,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batching-iters", type=int, default=None, help="iterations of the batching comparison "
                                                                          "(default: --iters / 2)")
     parser.add_argument("--batching-repeats", type=int, default=3)
+    parser.add_argument("--target-std", action="store_true", help="targets also set the sphericity std")
     parser.add_argument("--paper-budget", action="store_true",
                         help="also time one 40 x 50 swarm run to the end (paper 000's budget), batched and cached")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 was fastest on 2 busy cores)")
@@ -201,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     space = SearchSpace.default()
     predictor = load_predictor(args)
-    targets = make_targets(predictor, space, args.targets, args.seed, args.n_images)
+    targets = make_targets(predictor, space, args.targets, args.seed, args.n_images, args.target_std)
     runs: dict[str, list] = {"pso": [], "botorch": [], "random": []}
     for i, target in enumerate(targets):
         objective = Objective(target)
@@ -244,7 +252,8 @@ def print_table(report: dict[str, Any]) -> None:
     print("evals to target: mean over the runs that met it; F@N: median best F after N evaluations (equal budget)")
     b = report["batching"]
     print(f"PSO one predict call per iteration: {b['batched_s']:.3f} s; one per particle: {b['unbatched_s']:.3f} s "
-          f"(x{b['unbatched_over_batched']:.2f}; calls {b['predict_calls'][0]} vs {b['predict_calls'][1]})")
+          f"(x{b['unbatched_over_batched']:.2f}; calls {b['predict_calls'][0]} vs {b['predict_calls'][1]}; best-F "
+          f"histories differ by {100 * b['history_max_relative_difference']:.2g} % at most)")
     if "paper_budget" in report:
         pb = report["paper_budget"]
         print(f"PSO 40 x 50 to the end, batched and cached: {pb['wall_time_s']:.1f} s, {pb['distinct_evaluations']} "
