@@ -94,6 +94,23 @@ def _pick_tiles(image: np.ndarray, pixel_size_um: float, magnification: str, n: 
     return np.stack([image[y:y + TILE_PX, x:x + TILE_PX] for y, x in grid[:n]]).astype(np.float32)
 
 
+def _run_jobs(job: Callable[[Any], Any], jobs: list, workers: int, progress: Callable[[int], None] | None) -> list:
+    """``job`` over ``jobs`` in order, on ``workers`` processes (in this one when 1), ``progress(1)`` after each."""
+    results = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for result in pool.map(job, jobs, chunksize=4):
+                results.append(result)
+                if progress:
+                    progress(1)
+    else:
+        for args in jobs:
+            results.append(job(args))
+            if progress:
+                progress(1)
+    return results
+
+
 def _render_job(args) -> list[dict]:
     out_dir, split, cid, conditions, sample_seed, n_tiles = args
     tiles, pixel_sizes, morphology = render_condition_tiles(conditions, sample_seed, n_tiles=n_tiles)
@@ -127,18 +144,7 @@ def build_training_set(out_dir: str | Path, *, n_interior: int = 256, n_faces: i
         for cond in design[split]:
             jobs.append((out_dir, split, cid, cond, training_sample_seed(cid, seed), n_tiles))
             cid += 1
-    rows: list[dict] = []
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for result in pool.map(_render_job, jobs, chunksize=4):
-                rows.extend(result)
-                if progress:
-                    progress(1)
-    else:
-        for job in jobs:
-            rows.extend(_render_job(job))
-            if progress:
-                progress(1)
+    rows = [row for rendered in _run_jobs(_render_job, jobs, workers, progress) for row in rendered]
     table = pd.DataFrame(rows)
     table.to_parquet(out_dir / TABLE, index=False)
     return table
@@ -197,19 +203,7 @@ def measure_training_samples(table: pd.DataFrame, *, data_seed: int = 0, world_s
         conditions = {n[len("cond_"):]: (row[n] if isinstance(row[n], str) else float(row[n])) for n in names}
         truth = {n[len("true_"):]: float(row[n]) for n in truth_names}
         jobs.append((cid, conditions, truth, world_seed, training_sample_seed(cid, data_seed)))
-    results = []
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for result in pool.map(_measure_job, jobs, chunksize=4):
-                results.append(result)
-                if progress:
-                    progress(1)
-    else:
-        for job in jobs:
-            results.append(_measure_job(job))
-            if progress:
-                progress(1)
-    measured = pd.DataFrame(results)
+    measured = pd.DataFrame(_run_jobs(_measure_job, jobs, workers, progress))
     kept = table.drop(columns=[c for c in table.columns if c.startswith(MEASURED_PREFIX)])
     return kept.merge(measured, on="condition_id", how="left")
 
