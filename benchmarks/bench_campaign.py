@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default="morphloop,bo,random")
     parser.add_argument("--design-particles", type=int, default=20)
     parser.add_argument("--design-iters", type=int, default=10)
-    parser.add_argument("--design-uncertainty-weight", type=float, default=1.0)
+    parser.add_argument("--design-uncertainty-weight", type=float, default=4.0)
     parser.add_argument("--replicates", type=int, default=3, help="Samples averaged into each target.")
     parser.add_argument("--min-texture", type=float, default=0.2, help="Redraw targets with a lower texture.")
     parser.add_argument("--seed", type=int, default=0)
