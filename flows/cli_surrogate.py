@@ -273,10 +273,11 @@ def measure_training(
     from rich.progress import Progress
 
     from flows.surrogate_flow import measure_training as measure
+    from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE
 
     model_dir = _model_with_training_descriptors(model, "measure the training samples of")
     with Progress(console=_console(), transient=True) as bar:
-        n = len(json.loads((model_dir / "training_descriptors.json").read_text()))
+        n = len(json.loads((model_dir / TRAINING_DESCRIPTORS_FILE).read_text()))
         task = bar.add_task("training samples made and measured", total=n)
         try:
             summary = measure(model_dir, data_seed, world_seed, workers, restack,

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import qmc
 
+from models.surrogate.descriptors import DESCRIPTOR_NAMES, MEASURED_PREFIX
 from models.texture import texture_foreground
 from simulators.conditions import CONDITIONS, CategoricalCondition, validate_conditions
 from simulators.coprecipitation import CoprecipitationWorld
@@ -150,11 +151,6 @@ def build_training_set(out_dir: str | Path, *, n_interior: int = 256, n_faces: i
     return table
 
 
-#: What the lab records of a training sample (``describe`` on its full SEM frames), stored beside ``tile_*``.
-MEASURED_PREFIX = "measured_"
-MEASURED_KEYS = ("d50_um", "sphericity_mean", "sphericity_std", "texture")
-
-
 def training_sample_seed(condition_id: int, data_seed: int = 0) -> int:
     """The batch-noise seed :func:`build_training_set` gave a condition's sample."""
     return 10_000 * (data_seed + 1) + int(condition_id)
@@ -179,7 +175,7 @@ def _measure_job(args) -> dict[str, Any]:
                              f"--seed or world: pass that data seed")
         measured = describe_images(Describer(), result.images)
     return {"condition_id": cid, **{MEASURED_PREFIX + k: (np.nan if measured.get(k) is None else float(measured[k]))
-                                    for k in MEASURED_KEYS}}
+                                    for k in DESCRIPTOR_NAMES}}
 
 
 def measure_training_samples(table: pd.DataFrame, *, data_seed: int = 0, world_seed: int = 0, workers: int = 2,
@@ -195,12 +191,10 @@ def measure_training_samples(table: pd.DataFrame, *, data_seed: int = 0, world_s
     """
     if "condition_id" not in table.columns:
         raise ValueError("the table needs a condition_id column (one row per training condition)")
-    names = [c for c in table.columns if c.startswith("cond_")]
     truth_names = [c for c in table.columns if c.startswith("true_")]
     jobs = []
-    for _, row in table.iterrows():
+    for (_, row), conditions in zip(table.iterrows(), conditions_of(table)):
         cid = int(row["condition_id"])
-        conditions = {n[len("cond_"):]: (row[n] if isinstance(row[n], str) else float(row[n])) for n in names}
         truth = {n[len("true_"):]: float(row[n]) for n in truth_names}
         jobs.append((cid, conditions, truth, world_seed, training_sample_seed(cid, data_seed)))
     measured = pd.DataFrame(_run_jobs(_measure_job, jobs, workers, progress))

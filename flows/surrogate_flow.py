@@ -131,7 +131,7 @@ def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int 
     against the old values would predict on their scale. Returns R² of the tile descriptors against the
     measured ones (how far apart the two scales are) and the refitted stacks."""
     from models.checkpointing import atomic_write
-    from models.surrogate.calibration import training_tile_descriptors
+    from models.surrogate.calibration import training_measured_descriptors, training_tile_descriptors
     from models.surrogate.fidelity import r2_score
     from models.surrogate.model import TRAINING_GP_FILE
     from models.surrogate.predictor import SurrogatePredictor
@@ -144,12 +144,12 @@ def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int 
                                      workers=workers, progress=progress)
     atomic_write(model_dir / TRAINING_DESCRIPTORS_FILE,
                  lambda path: table.to_json(path, orient="records", indent=1))
-    (model_dir / TRAINING_GP_FILE).unlink(missing_ok=True)  # fitted on the old values
-    model = LatentDiffusionSurrogate.from_pretrained(model_dir)
+    model.training_descriptors, model.training_gp_state = table, None  # the shipped GP was fitted on old values
+    (model_dir / TRAINING_GP_FILE).unlink(missing_ok=True)
     SurrogatePredictor(model).training_gp()
     model.save_training_gp(model_dir)
     _, tile = training_tile_descriptors(table, model.config)
-    measured = table[[f"measured_{k}" for k in DESCRIPTOR_NAMES]].to_numpy(float)
+    _, measured = training_measured_descriptors(table, model.config)
     summary = {"n_conditions": int(len(table)),
                "unmeasured": {k: int(np.isnan(measured[:, j]).sum()) for j, k in enumerate(DESCRIPTOR_NAMES)},
                "r2_tile_vs_measured": {k: r2_score(measured[:, j], tile[:, j]) for j, k in enumerate(DESCRIPTOR_NAMES)},

@@ -206,7 +206,7 @@ class Objective:
         out = np.zeros(len(predictions))
         for i, p in enumerate(predictions):
             u = getattr(p, "uncertainty", None) or {}
-            sigma = np.array([float(u.get(k, math.nan)) if u.get(k) is not None else math.nan for k in DESCRIPTORS])
+            sigma = np.array([math.nan if u.get(k) is None else float(u[k]) for k in DESCRIPTORS])
             out[i] = float((np.where(np.isfinite(sigma), (sigma / self._s) ** 2, 0.0) * self._w).sum())
         return out
 

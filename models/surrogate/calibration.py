@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from models.surrogate.descriptors import DESCRIPTOR_NAMES, TRAINING_DESCRIPTORS_FILE, fit_affine
+from models.surrogate.descriptors import DESCRIPTOR_NAMES, MEASURED_PREFIX, TRAINING_DESCRIPTORS_FILE, fit_affine
 from models.surrogate.fidelity import r2_score
 from models.surrogate.stacking import DescriptorStack, cross_validated_gp, fit_descriptor_stack
 
@@ -53,7 +53,7 @@ def training_measured_descriptors(table: pd.DataFrame, config: SurrogateConfig) 
     (``describe`` on the lab's full SEM frames, ``morphloop surrogate measure-training``) when the table has
     them, else the calibrated tile descriptors (:func:`training_tile_descriptors`). ``n x 4``,
     :data:`DESCRIPTOR_NAMES` order."""
-    columns = [f"measured_{k}" for k in DESCRIPTOR_NAMES]
+    columns = [MEASURED_PREFIX + k for k in DESCRIPTOR_NAMES]
     if not all(c in table.columns for c in columns):
         return training_tile_descriptors(table, config)
     conditions, _ = training_tile_descriptors(table, config)

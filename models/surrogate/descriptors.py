@@ -19,6 +19,9 @@ TILE_TEXTURE = TextureConfig(roi_px=128, max_rois=1)
 DESCRIPTOR_NAMES = ("d50_um", "sphericity_mean", "sphericity_std", "texture")
 #: Saved with a model: its training conditions' simulated-tile descriptors (baselines, generation calibration).
 TRAINING_DESCRIPTORS_FILE = "training_descriptors.json"
+#: Columns of that table holding what the lab measured of each training sample (``describe`` on its full SEM
+#: frames; ``morphloop surrogate measure-training``), beside the tiles' ``tile_*``.
+MEASURED_PREFIX = "measured_"
 
 
 def particle_table(tile: np.ndarray, pixel_size_um: float, watershed: WatershedConfig = WatershedConfig(),

@@ -173,7 +173,6 @@ class DescriptorStack:
             out[:, j] = np.clip(value, 0.0, 1.0) if name in ("sphericity_mean", "texture") else value
         return out
 
-
     def uncertainty(self, gp_std: np.ndarray) -> np.ndarray:
         """Standard deviation of the stacked prediction carried by the GP term, ``c * gp_std`` (``n x 4``); the
         generated term's error is not known per condition, so a descriptor without GP weight gets NaN."""
