@@ -293,6 +293,41 @@ def measure_training(
          f"{len(summary['stacks'])} stack(s) refitted")
 
 
+@surrogate_app.command("measure-lab")
+def measure_lab(
+    model: Path = typer.Option(..., "--model", help="Model folder (lab_descriptors.json and the GP rewritten)."),
+    n: int = typer.Option(..., "--n", help="Lab samples to add (each one experiment in the virtual lab)."),
+    world_seed: int = typer.Option(0, "--world-seed", help="The virtual lab's world (the training set's)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Samples made and measured at once."),
+    restack: bool = typer.Option(True, "--restack/--no-restack", help="Refit the model's descriptor stacks."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+) -> None:
+    """Make N more samples in the virtual lab at space-filling conditions and measure them as every experiment is
+    measured; the training-set GP (and so the stacked prediction) learns from them beside the training samples.
+    The images are not trained on: more samples cost experiments, not training."""
+    from rich.progress import Progress
+
+    from flows.surrogate_flow import measure_lab as measure
+
+    if n < 1:
+        _err(f"error: --n must be at least 1, got {n}")
+        raise typer.Exit(2)
+    model_dir = _model_with_training_descriptors(model, "add lab samples to")
+    with Progress(console=_console(), transient=True) as bar:
+        task = bar.add_task("lab samples made and measured", total=n)
+        try:
+            summary = measure(model_dir, n, world_seed, workers, restack, progress=lambda k: bar.advance(task, k))
+        except ValueError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2)
+    if as_json:
+        typer.echo(json.dumps(summary, default=float))
+    else:
+        _err(json.dumps(summary, indent=1, default=float))
+    _err(f"{summary['n_new']} lab samples measured ({summary['n_lab_samples']} in all) and written to {model_dir}; "
+         f"{len(summary['stacks'])} stack(s) refitted")
+
+
 @surrogate_app.command("report")
 def report(
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: the shipped model)."),

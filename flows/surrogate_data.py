@@ -16,6 +16,7 @@ sample's true morphology).
 from __future__ import annotations
 
 import json
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -200,6 +201,66 @@ def measure_training_samples(table: pd.DataFrame, *, data_seed: int = 0, world_s
     measured = pd.DataFrame(_run_jobs(_measure_job, jobs, workers, progress))
     kept = table.drop(columns=[c for c in table.columns if c.startswith(MEASURED_PREFIX)])
     return kept.merge(measured, on="condition_id", how="left")
+
+
+#: Batch-noise seed of lab sample 0 (:func:`lab_sample_seed`); apart from the training samples' (10 000 + id).
+LAB_SAMPLE_SEED0 = 900_000
+#: Sobol scramble seed of the lab samples' design (another sequence than the training set's).
+LAB_DESIGN_SEED = 2
+
+
+def lab_sample_seed(index: int) -> int:
+    """The batch-noise seed of lab sample ``index`` (:func:`measure_lab_samples`)."""
+    return LAB_SAMPLE_SEED0 + int(index)
+
+
+def lab_design(start: int, n: int) -> list[dict]:
+    """Conditions ``start .. start + n - 1`` of the lab samples' design: one scrambled-Sobol sequence over the
+    whole box (so a second call continues the first), atmospheres cycling through their choices."""
+    sobol = qmc.Sobol(len(CONTINUOUS), scramble=True, seed=LAB_DESIGN_SEED)
+    if start:
+        sobol.fast_forward(start)
+    with warnings.catch_warnings():  # Sobol balance warnings for n not a power of 2: the design is still space-filling
+        warnings.simplefilter("ignore")
+        units = sobol.random(n)
+    return [_from_unit(u, start + i) for i, u in enumerate(units)]
+
+
+def _measure_lab_job(args) -> dict[str, Any]:
+    """One lab sample made and measured as every experiment is (full SEM frames, ``describe``)."""
+    import tempfile
+
+    from devices.lab import SimulatedLab
+    from flows.dispatch import DispatchError, InProcessDispatcher, describe_images
+    from models.describe import Describer
+
+    index, conditions, world_seed = args
+    row = {"sample_index": index, "sample_seed": lab_sample_seed(index),
+           **{f"cond_{k}": v for k, v in conditions.items()}}
+    with tempfile.TemporaryDirectory(prefix="morphloop-lab-sample-") as tmp:
+        lab = SimulatedLab(tmp, seed=world_seed, time_compression=None, first_sample_seed=lab_sample_seed(index) - 1)
+        try:
+            result = InProcessDispatcher(tmp, lab=lab).run(dict(conditions), f"L{index:05d}", {})
+            measured = describe_images(Describer(), result.images)
+        except (DispatchError, ValueError):  # a sample the lab could not make or measure stays NaN
+            measured = {}
+    return {**row, **{MEASURED_PREFIX + k: (np.nan if measured.get(k) is None else float(measured[k]))
+                      for k in DESCRIPTOR_NAMES}}
+
+
+def measure_lab_samples(n: int, *, start: int = 0, world_seed: int = 0, workers: int = 2,
+                        progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """``n`` lab samples at conditions ``start ..`` of :func:`lab_design`, each made once in the virtual lab
+    (world ``world_seed``, batch seed :func:`lab_sample_seed`) and measured with ``describe`` on its full SEM
+    frames. One row per sample: ``sample_index``, ``sample_seed``, ``cond_*`` and ``measured_*`` columns.
+
+    These are what a lab holds beyond the images a surrogate was trained on (historical batches, earlier
+    campaigns): they cost an experiment each but no training, and the training-set GP learns from them.
+    """
+    if n < 1:
+        raise ValueError(f"the number of lab samples must be >= 1, got {n}")
+    jobs = [(start + i, c, world_seed) for i, c in enumerate(lab_design(start, n))]
+    return pd.DataFrame(_run_jobs(_measure_lab_job, jobs, workers, progress))
 
 
 def load_training_set(data_dir: str | Path) -> pd.DataFrame:

@@ -17,9 +17,10 @@ import torch
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.surrogate_data import condition_schema, conditions_of, load_training_set, measure_training_samples
-from models.surrogate.descriptors import (DESCRIPTOR_NAMES, TRAINING_DESCRIPTORS_FILE, describe_low_tiles, fit_affine,
-                                          tile_textures)
+from flows.surrogate_data import (condition_schema, conditions_of, load_training_set, measure_lab_samples,
+                                  measure_training_samples)
+from models.surrogate.descriptors import (DESCRIPTOR_NAMES, MEASURED_PREFIX, TRAINING_DESCRIPTORS_FILE,
+                                          describe_low_tiles, fit_affine, tile_textures)
 from models.surrogate.model import LatentDiffusionSurrogate, SurrogateConfig
 from models.surrogate.training import TileSet, TrainingBudget, fine_tune, train_from_scratch
 
@@ -133,8 +134,6 @@ def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int 
     from models.checkpointing import atomic_write
     from models.surrogate.calibration import training_measured_descriptors, training_tile_descriptors
     from models.surrogate.fidelity import r2_score
-    from models.surrogate.model import TRAINING_GP_FILE
-    from models.surrogate.predictor import SurrogatePredictor
 
     model_dir = Path(model_dir)
     model = LatentDiffusionSurrogate.from_pretrained(model_dir)
@@ -144,21 +143,66 @@ def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int 
                                      workers=workers, progress=progress)
     atomic_write(model_dir / TRAINING_DESCRIPTORS_FILE,
                  lambda path: table.to_json(path, orient="records", indent=1))
-    model.training_descriptors, model.training_gp_state = table, None  # the shipped GP was fitted on old values
-    (model_dir / TRAINING_GP_FILE).unlink(missing_ok=True)
-    SurrogatePredictor(model).training_gp()
-    model.save_training_gp(model_dir)
+    model.training_descriptors = table
     _, tile = training_tile_descriptors(table, model.config)
     _, measured = training_measured_descriptors(table, model.config)
     summary = {"n_conditions": int(len(table)),
                "unmeasured": {k: int(np.isnan(measured[:, j]).sum()) for j, k in enumerate(DESCRIPTOR_NAMES)},
-               "r2_tile_vs_measured": {k: r2_score(measured[:, j], tile[:, j]) for j, k in enumerate(DESCRIPTOR_NAMES)},
-               "stacks": []}
-    if restack:
-        for old in list(model.config.descriptor_stacks):
-            summary["stacks"].append(stack_descriptors(model_dir, int(old["n_conditions"]), int(old["n_images"]),
-                                                       int(old["steps"])))
-    return summary
+               "r2_tile_vs_measured": {k: r2_score(measured[:, j], tile[:, j]) for j, k in enumerate(DESCRIPTOR_NAMES)}}
+    _refit_gp(model_dir, model)
+    return {**summary, "stacks": _restack(model_dir, model) if restack else []}
+
+
+def measure_lab(model_dir: str | Path, n: int, world_seed: int = 0, workers: int = 2, restack: bool = True,
+                progress: Callable[[int], None] | None = None) -> dict:
+    """Make and measure ``n`` more lab samples for a saved model (:func:`flows.surrogate_data.measure_lab_samples`,
+    continuing the design after the samples it already has), append them to ``lab_descriptors.json``, refit the
+    training-set GP on training and lab samples, and (``restack``) refit every descriptor stack. Returns the
+    counts, the GP's 5-fold cross-validated R² on all its samples, and the refitted stacks."""
+    from models.checkpointing import atomic_write
+    from models.surrogate.calibration import gp_examples
+    from models.surrogate.descriptors import LAB_DESCRIPTORS_FILE
+    from models.surrogate.fidelity import r2_score
+    from models.surrogate.stacking import cross_validated_gp
+
+    model_dir = Path(model_dir)
+    model = LatentDiffusionSurrogate.from_pretrained(model_dir)
+    if model.training_descriptors is None:
+        raise ValueError(f"{model_dir} has no {TRAINING_DESCRIPTORS_FILE}")
+    old = model.lab_descriptors
+    start = 0 if old is None else int(old["sample_index"].max()) + 1
+    new = measure_lab_samples(n, start=start, world_seed=world_seed, workers=workers, progress=progress)
+    table = new if old is None else pd.concat([old, new], ignore_index=True)
+    atomic_write(model_dir / LAB_DESCRIPTORS_FILE, lambda path: table.to_json(path, orient="records", indent=1))
+    model.lab_descriptors = table
+    gp = _refit_gp(model_dir, model)
+    conditions, values = gp_examples(model.training_descriptors, table, model.config)
+    cv = cross_validated_gp(model.schema.encode(conditions), values, np.arange(len(conditions)),
+                            hyperparameters=gp.state())
+    summary = {"n_new": int(len(new)), "n_lab_samples": int(len(table)),
+               "n_training_samples": int(len(model.training_descriptors)),
+               "unmeasured": {k: int(new[MEASURED_PREFIX + k].isna().sum()) for k in DESCRIPTOR_NAMES},
+               "gp_cv_r2": {k: r2_score(values[np.isfinite(values[:, j]), j], cv[np.isfinite(values[:, j]), j])
+                            for j, k in enumerate(DESCRIPTOR_NAMES)}}
+    return {**summary, "stacks": _restack(model_dir, model) if restack else []}
+
+
+def _refit_gp(model_dir: Path, model: LatentDiffusionSurrogate):
+    """Refit and save ``model``'s training-set GP on what it now holds; returns it."""
+    from models.surrogate.model import TRAINING_GP_FILE
+    from models.surrogate.predictor import SurrogatePredictor
+
+    model.training_gp_state = None  # the saved GP was fitted on other values
+    (model_dir / TRAINING_GP_FILE).unlink(missing_ok=True)
+    gp = SurrogatePredictor(model).training_gp()
+    model.save_training_gp(model_dir)
+    return gp
+
+
+def _restack(model_dir: Path, model: LatentDiffusionSurrogate) -> list[dict]:
+    """Refit every descriptor stack ``model`` has (a stack fitted against the old GP weighs the wrong terms)."""
+    return [stack_descriptors(model_dir, int(old["n_conditions"]), int(old["n_images"]), int(old["steps"]))
+            for old in list(model.config.descriptor_stacks)]
 
 
 @flow(name="surrogate-train")

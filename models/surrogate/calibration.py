@@ -60,6 +60,28 @@ def training_measured_descriptors(table: pd.DataFrame, config: SurrogateConfig) 
     return conditions, np.array(table[columns], dtype=float)  # a writable copy (torch warns on read-only arrays)
 
 
+def lab_measured_descriptors(table: pd.DataFrame) -> tuple[list[dict], np.ndarray]:
+    """The conditions and measured descriptors of a ``lab_descriptors.json`` table (``n x 4``,
+    :data:`DESCRIPTOR_NAMES` order; NaN where a sample could not be measured)."""
+    missing = [MEASURED_PREFIX + k for k in DESCRIPTOR_NAMES if MEASURED_PREFIX + k not in table.columns]
+    if missing:
+        raise ValueError(f"the lab descriptors table lacks {missing}; write it with 'morphloop surrogate measure-lab'")
+    conditions = [{n[len("cond_"):]: row[n] for n in table.columns if n.startswith("cond_")}
+                  for _, row in table.iterrows()]
+    return conditions, np.array(table[[MEASURED_PREFIX + k for k in DESCRIPTOR_NAMES]], dtype=float)
+
+
+def gp_examples(training: pd.DataFrame, lab: pd.DataFrame | None, config: SurrogateConfig
+                ) -> tuple[list[dict], np.ndarray]:
+    """What the training-set GP learns from: the training samples (:func:`training_measured_descriptors`) first,
+    then the lab samples measured without images in training (:func:`lab_measured_descriptors`)."""
+    conditions, values = training_measured_descriptors(training, config)
+    if lab is None or not len(lab):
+        return conditions, values
+    lab_conditions, lab_values = lab_measured_descriptors(lab)
+    return conditions + lab_conditions, np.concatenate([values, lab_values])
+
+
 def apply_generation_calibration(descriptors: dict[str, float], calibration: dict[str, list[float]]
                                  ) -> dict[str, float]:
     """``descriptors`` through the per-descriptor affine maps (descriptors without one pass unchanged)."""
@@ -103,7 +125,9 @@ def fit_stack_on_training(predictor: SurrogatePredictor, n_conditions: int = 160
     """Fit a :class:`~models.surrogate.stacking.DescriptorStack` for ``predictor``'s solver steps and
     ``n_images`` tiles on ``n_conditions`` of the model's training conditions (generated with noise ``seed``,
     the GP cross-validated over all training conditions), against what the lab measured of those samples when
-    the model has it (:func:`training_measured_descriptors`)."""
+    the model has it (:func:`training_measured_descriptors`). The cross-validated GP also learns from the model's
+    lab samples (:func:`gp_examples`), as the GP it stands for does; the stack is fitted on training conditions
+    only, since only they have generated tiles to compare."""
     table = predictor.surrogate.training_descriptors
     if table is None:
         raise ValueError("the surrogate has no training descriptors (training_descriptors.json); stack a model "
@@ -117,6 +141,8 @@ def fit_stack_on_training(predictor: SurrogatePredictor, n_conditions: int = 160
     predictions = predictor.predict([conditions[i] for i in chosen], n_images=n_images, seed=seed,
                                     generation_calibration=False)
     generated = np.array([[p.uncalibrated[k] for k in DESCRIPTOR_NAMES] for p in predictions], float)
-    gp_cv = cross_validated_gp(predictor.surrogate.schema.encode(conditions), simulated, chosen, seed=seed)
+    gp_conditions, gp_values = gp_examples(table, predictor.surrogate.lab_descriptors, predictor.surrogate.config)
+    gp_cv = cross_validated_gp(predictor.surrogate.schema.encode(gp_conditions), gp_values, chosen, seed=seed,
+                               hyperparameters=predictor.training_gp().state())
     steps = predictor.steps or predictor.surrogate.config.sampling_steps
     return fit_descriptor_stack(generated, gp_cv, simulated[chosen], steps, n_images)

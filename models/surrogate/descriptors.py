@@ -22,6 +22,9 @@ TRAINING_DESCRIPTORS_FILE = "training_descriptors.json"
 #: Columns of that table holding what the lab measured of each training sample (``describe`` on its full SEM
 #: frames; ``morphloop surrogate measure-training``), beside the tiles' ``tile_*``.
 MEASURED_PREFIX = "measured_"
+#: Saved with a model: lab samples measured without entering the image training set (conditions and
+#: ``measured_*`` columns; ``morphloop surrogate measure-lab``). The training-set GP learns from them too.
+LAB_DESCRIPTORS_FILE = "lab_descriptors.json"
 
 
 def particle_table(tile: np.ndarray, pixel_size_um: float, watershed: WatershedConfig = WatershedConfig(),

@@ -27,7 +27,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 
 from models.checkpointing import atomic_write
 from models.surrogate.conditioning import ConditionEncoder, ConditionSchema, warn_if_out_of_domain
-from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE
+from models.surrogate.descriptors import LAB_DESCRIPTORS_FILE, TRAINING_DESCRIPTORS_FILE
 
 MAGNIFICATIONS = ("low", "high")
 CONFIG_FILE = "surrogate.json"
@@ -170,14 +170,18 @@ class LatentDiffusionSurrogate:
 
     ``training_descriptors`` is the table of the training conditions and their simulated tiles' descriptors
     (``training_descriptors.json``, written by training); it travels with the model through fine-tuning.
+    ``lab_descriptors`` holds lab samples measured without entering the image training set
+    (``lab_descriptors.json``, ``morphloop surrogate measure-lab``): only the training-set GP learns from them.
     """
 
     def __init__(self, config: SurrogateConfig, vae: AutoencoderKL | None = None, unet: UNet2DModel | None = None,
                  encoder: ConditionEncoder | None = None, scheduler: DDPMScheduler | None = None,
                  training_descriptors: pd.DataFrame | None = None,
-                 training_gp_state: dict[str, torch.Tensor] | None = None):
+                 training_gp_state: dict[str, torch.Tensor] | None = None,
+                 lab_descriptors: pd.DataFrame | None = None):
         self.config = config
         self.training_descriptors = training_descriptors
+        self.lab_descriptors = lab_descriptors
         self.training_gp_state = training_gp_state
         self.schema = config.schema
         self.vae = vae if vae is not None else build_autoencoder(config)
@@ -286,6 +290,8 @@ class LatentDiffusionSurrogate:
         self.save_config(directory)
         if self.training_descriptors is not None:
             self.training_descriptors.to_json(directory / TRAINING_DESCRIPTORS_FILE, orient="records", indent=1)
+        if self.lab_descriptors is not None:
+            self.lab_descriptors.to_json(directory / LAB_DESCRIPTORS_FILE, orient="records", indent=1)
         self.save_training_gp(directory)
         return directory
 
@@ -319,6 +325,8 @@ class LatentDiffusionSurrogate:
             scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
             table_path = directory / TRAINING_DESCRIPTORS_FILE
             table = pd.read_json(table_path, orient="records") if table_path.is_file() else None
+            lab_path = directory / LAB_DESCRIPTORS_FILE
+            lab = pd.read_json(lab_path, orient="records") if table is not None and lab_path.is_file() else None
             gp_state = None
             if table is not None and (directory / TRAINING_GP_FILE).is_file():
                 from safetensors.torch import load_file
@@ -326,7 +334,7 @@ class LatentDiffusionSurrogate:
                 gp_state = load_file(str(directory / TRAINING_GP_FILE))
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
             raise SurrogateModelError(f"cannot load the surrogate in {directory}: {exc}; {fix}") from exc
-        return cls(config, vae.eval(), unet.eval(), encoder.eval(), scheduler, table, gp_state)
+        return cls(config, vae.eval(), unet.eval(), encoder.eval(), scheduler, table, gp_state, lab)
 
     def parameter_count(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in m.parameters())

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from models.surrogate.calibration import apply_generation_calibration, training_measured_descriptors
+from models.surrogate.calibration import apply_generation_calibration, gp_examples
 from models.surrogate.descriptors import DESCRIPTOR_NAMES, describe_high_tiles, describe_low_tiles
 from models.surrogate.model import LatentDiffusionSurrogate
 from models.surrogate.stacking import DescriptorStack, TrainingSetGP, nearest_stack
@@ -69,12 +69,12 @@ class SurrogatePredictor:
         return nearest_stack(cfg.descriptor_stacks, self.steps or cfg.sampling_steps, n_images)
 
     def training_examples(self) -> tuple[list[dict], np.ndarray] | None:
-        """The training conditions and what the lab measured of their samples (``n x 4``;
-        :func:`~models.surrogate.calibration.training_measured_descriptors`), or None for a model without
-        ``training_descriptors.json``."""
+        """The conditions the training-set GP learns from and what the lab measured of their samples (``n x 4``):
+        the training samples, then the model's lab samples (:func:`~models.surrogate.calibration.gp_examples`);
+        None for a model without ``training_descriptors.json``."""
         if self.surrogate.training_descriptors is None:
             return None
-        return training_measured_descriptors(self.surrogate.training_descriptors, self.surrogate.config)
+        return gp_examples(self.surrogate.training_descriptors, self.surrogate.lab_descriptors, self.surrogate.config)
 
     def training_gp(self) -> TrainingSetGP:
         """The GP on the training set's descriptors (the model's shipped fit, else fitted here: a few seconds)."""

@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from cli_runner import invoke
+from models.surrogate.descriptors import DESCRIPTOR_NAMES
 from models.surrogate.model import DEFAULT_MODEL_DIR, LatentDiffusionSurrogate
 from simulators.conditions import DEFAULT_CONDITIONS
 
@@ -176,7 +177,8 @@ def test_measure_training_reproduces_the_samples_and_measures_them_as_the_lab_do
     import shutil
 
     model = tmp_path / "m"
-    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("report"))
+    # without the shipped lab samples: the GP is refitted on 3 samples, not on a thousand (minutes)
+    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("report", "lab_descriptors.json"))
     shipped = json.loads((model / "training_descriptors.json").read_text())
     (model / "training_descriptors.json").write_text(json.dumps(shipped[:3]))
     gp_before = (model / "training_gp.safetensors").read_bytes()
@@ -196,3 +198,44 @@ def test_measure_training_reproduces_the_samples_and_measures_them_as_the_lab_do
     result = invoke("surrogate", "measure-training", "--model", model, "--workers", 1, "--no-restack",
                     "--data-seed", 4)
     assert result.exit_code == 2 and "another --seed" in result.stderr
+
+
+def test_measure_lab_adds_samples_that_continue_its_design_and_the_gp_learns_from_them(tmp_path):
+    import shutil
+
+    from flows.surrogate_data import lab_design, lab_sample_seed
+    from models.surrogate.predictor import SurrogatePredictor
+
+    model = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("report", "lab_descriptors.json"))
+    shipped = json.loads((DEFAULT_MODEL_DIR / "lab_descriptors.json").read_text())
+    assert len(shipped) >= 960
+    training = json.loads((model / "training_descriptors.json").read_text())
+    (model / "training_descriptors.json").write_text(json.dumps(training[:10]))
+    gp_before = (model / "training_gp.safetensors").read_bytes()
+    result = invoke("surrogate", "measure-lab", "--model", model, "--n", 2, "--workers", 1, "--no-restack", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["n_new"], summary["n_lab_samples"], summary["n_training_samples"]) == (2, 2, 10)
+    assert summary["stacks"] == [] and set(summary["gp_cv_r2"]) == set(DESCRIPTOR_NAMES)
+    result = invoke("surrogate", "measure-lab", "--model", model, "--n", 1, "--workers", 1, "--no-restack", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads((model / "lab_descriptors.json").read_text())
+    assert [r["sample_index"] for r in rows] == [0, 1, 2]  # the second call continued the design
+    for row, conditions in zip(rows, lab_design(0, 3)):
+        assert {k: row[f"cond_{k}"] for k in conditions} == conditions
+        assert row["sample_seed"] == lab_sample_seed(row["sample_index"])
+        assert 2.0 <= row["measured_d50_um"] <= 7.5 and 0 <= row["measured_texture"] <= 1
+    for row, before in zip(rows, shipped):  # the shipped lab samples are reproduced exactly
+        assert row["measured_d50_um"] == pytest.approx(before["measured_d50_um"], rel=1e-9)
+        assert row["measured_texture"] == pytest.approx(before["measured_texture"], rel=1e-9)
+    assert (model / "training_gp.safetensors").read_bytes() != gp_before
+    conditions, values = SurrogatePredictor.from_pretrained(model).training_examples()
+    assert len(conditions) == 13
+    np.testing.assert_allclose(values[10:], [[r[f"measured_{k}"] for k in DESCRIPTOR_NAMES] for r in rows], rtol=1e-12)
+
+    result = invoke("surrogate", "measure-lab", "--model", model, "--n", 0)
+    assert result.exit_code == 2 and "--n must be at least 1" in result.stderr
+    (model / "training_descriptors.json").unlink()
+    result = invoke("surrogate", "measure-lab", "--model", model, "--n", 1)
+    assert result.exit_code == 2 and "training_descriptors.json" in result.stderr

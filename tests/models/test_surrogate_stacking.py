@@ -207,3 +207,50 @@ def test_a_prediction_of_some_descriptors_generates_only_the_magnifications_they
     assert asked == [] and gp_only[0].descriptors["d50_um"] == pytest.approx(full[0].descriptors["d50_um"])
     # without a stack every descriptor comes from the images
     assert SurrogatePredictor(model, stack=False).magnifications_for(["d50_um"], 1) == ("low",)
+
+
+def _lab_table(conditions: list[dict], shift: float = 0.0) -> pd.DataFrame:
+    x = np.array([[c["ph"] - 10.5, np.log(c["time_min"] / 200)] for c in conditions])
+    table = pd.DataFrame({"sample_index": np.arange(len(conditions)),
+                          **{f"cond_{k}": [c[k] for c in conditions] for k in conditions[0]}})
+    for j, k in enumerate(DESCRIPTOR_NAMES):
+        table[f"measured_{k}"] = _smooth(x)[:, j] + shift
+    return table
+
+
+def test_lab_samples_teach_the_gp_where_the_training_set_has_none_and_travel_with_the_model(tmp_path, monkeypatch):
+    import models.surrogate.calibration as calibration
+    from models.surrogate.descriptors import LAB_DESCRIPTORS_FILE
+
+    # training samples at low pH only; lab samples (measured, no images) at high pH
+    training = [{"ph": 9.5 + 0.05 * i, "time_min": 30.0 + 50 * (i % 7), "atmosphere": "n2"} for i in range(12)]
+    lab = [{"ph": 10.8 + 0.05 * i, "time_min": 40.0 + 45 * (i % 7), "atmosphere": "n2"} for i in range(12)]
+    query = [{"ph": 11.1, "time_min": 150.0, "atmosphere": "n2"}]
+    truth = _smooth(np.array([[11.1 - 10.5, np.log(150 / 200)]]))[0]
+    alone = SurrogatePredictor(LatentDiffusionSurrogate(tiny_config(), training_descriptors=_training_table(training)))
+    model = LatentDiffusionSurrogate(tiny_config(), training_descriptors=_training_table(training),
+                                     lab_descriptors=_lab_table(lab))
+    taught = SurrogatePredictor(model)
+    conditions, values = taught.training_examples()
+    assert len(conditions) == 24 and conditions[12]["ph"] == pytest.approx(10.8)  # training first, then lab
+    encode = model.schema.encode
+    far = abs(alone.training_gp().predict(encode(query))[0, 0] - truth[0])
+    near = abs(taught.training_gp().predict(encode(query))[0, 0] - truth[0])
+    assert near < 0.1 < far
+    assert taught.training_gp().posterior(encode(query))[1][0, 0] < alone.training_gp().posterior(encode(query))[1][0, 0]
+
+    # the stack's cross-validated GP learns from the lab samples too; it is fitted on training conditions only
+    seen = []
+    monkeypatch.setattr(calibration, "cross_validated_gp",
+                        lambda x, y, rows, **kw: seen.append((len(x), list(rows))) or cross_validated_gp(x, y, rows, **kw))
+    stack = fit_stack_on_training(taught, n_conditions=12, n_images=1, seed=1)
+    assert stack.n_conditions == 12 and seen == [(24, list(range(12)))]
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / LAB_DESCRIPTORS_FILE).is_file()
+    loaded = LatentDiffusionSurrogate.from_pretrained(tmp_path)
+    pd.testing.assert_frame_equal(loaded.lab_descriptors, model.lab_descriptors, check_dtype=False)
+    # a lab table without measured columns is a named error, not a silent empty GP
+    with pytest.raises(ValueError, match="measure-lab"):
+        SurrogatePredictor(LatentDiffusionSurrogate(tiny_config(), training_descriptors=_training_table(training),
+                                                    lab_descriptors=_lab_table(lab).drop(
+                                                        columns="measured_texture"))).training_examples()
