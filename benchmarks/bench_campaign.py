@@ -61,6 +61,7 @@ from loop.config import DESCRIPTORS  # noqa: E402
 from loop.ledger import Ledger  # noqa: E402
 from loop.objective import Objective, Target  # noqa: E402
 from loop.proposer import propose_batch  # noqa: E402
+from loop.pso import DESIGN_UNCERTAINTY_WEIGHT  # noqa: E402
 from loop.space import SearchSpace  # noqa: E402
 from models.describe import Describer  # noqa: E402
 
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default="morphloop,bo,random")
     parser.add_argument("--design-particles", type=int, default=20)
     parser.add_argument("--design-iters", type=int, default=10)
-    parser.add_argument("--design-uncertainty-weight", type=float, default=4.0)
+    parser.add_argument("--design-uncertainty-weight", type=float, default=None,
+                        help="Default: design's (loop.pso.DESIGN_UNCERTAINTY_WEIGHT).")
     parser.add_argument("--replicates", type=int, default=3, help="Samples averaged into each target.")
     parser.add_argument("--min-texture", type=float, default=0.2, help="Redraw targets with a lower texture.")
     parser.add_argument("--seed", type=int, default=0)
@@ -265,6 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown methods {unknown}; choose among {', '.join(known)}")
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-campaign-"))
+    design_weight = (DESIGN_UNCERTAINTY_WEIGHT if args.design_uncertainty_weight is None
+                     else args.design_uncertainty_weight)
     targets = draw_targets(args.targets, args.seed, root, args.replicates, args.min_texture)
     results: dict[str, dict] = {}
     for method in methods:
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
                 n = run_morphloop(target, args.budget, args.batch, args.seed + i, work, args.model)
             elif method == "design":
                 n = run_design(target, args.seed + i, work, args.model, args.design_particles, args.design_iters,
-                               args.replicates, args.design_uncertainty_weight)
+                               args.replicates, design_weight)
             elif method == "oracle_mean":
                 n = run_oracle_mean(target, args.seed + i, work, args.replicates)
             elif method == "oracle":

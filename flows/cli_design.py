@@ -13,6 +13,8 @@ from typing import List, Optional
 
 import typer
 
+from loop.pso import DESIGN_UNCERTAINTY_WEIGHT
+
 
 def _err(message: str) -> None:
     typer.echo(message, err=True)
@@ -56,9 +58,9 @@ def design(
     steps: int = typer.Option(6, "--steps", help="Solver steps (the shipped model's stacked prediction is as "
                                                  "good at 6 as at 10: texture R² 0.93 and 0.92)."),
     uncertainty_weight: float = typer.Option(
-        4.0, "--uncertainty-weight", help="Weight of the prediction's own uncertainty in the score (1: expected F; "
-                                          "4: with the shipped GP's sd doubled, as its errors are 2-2.5x it; 0: F "
-                                          "of the predicted mean, ignoring how sure the surrogate is)."),
+        DESIGN_UNCERTAINTY_WEIGHT, "--uncertainty-weight",
+        help="Weight of the prediction's own uncertainty in the score (1: expected F; 4: with the GP's sd doubled; "
+             "0: F of the predicted mean, ignoring how sure the surrogate is)."),
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the best candidate's generated tiles."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
