@@ -258,6 +258,25 @@ def stack(
          f"({fit['n_conditions']} conditions)")
 
 
+def _with_sample_progress(description: str, total: int, as_json: bool, run) -> dict:
+    """``run(progress)`` under a progress bar of ``total`` samples; its summary printed (one JSON object on stdout
+    with ``as_json``, else indented on stderr) and returned; a ValueError exits 2 with its message."""
+    from rich.progress import Progress
+
+    with Progress(console=_console(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        try:
+            summary = run(lambda k: bar.advance(task, k))
+        except ValueError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2)
+    if as_json:
+        typer.echo(json.dumps(summary, default=float))
+    else:
+        _err(json.dumps(summary, indent=1, default=float))
+    return summary
+
+
 @surrogate_app.command("measure-training")
 def measure_training(
     model: Path = typer.Option(..., "--model", help="Model folder (training_descriptors.json and the GP rewritten)."),
@@ -270,25 +289,14 @@ def measure_training(
     """Make the training samples again in the virtual lab (same world and batch seeds) and measure their full
     SEM frames with describe, as the lab measures every experiment; the training-set GP and the descriptor
     stacks then predict on the lab's scale."""
-    from rich.progress import Progress
-
     from flows.surrogate_flow import measure_training as measure
     from models.surrogate.descriptors import TRAINING_DESCRIPTORS_FILE
 
     model_dir = _model_with_training_descriptors(model, "measure the training samples of")
-    with Progress(console=_console(), transient=True) as bar:
-        n = len(json.loads((model_dir / TRAINING_DESCRIPTORS_FILE).read_text()))
-        task = bar.add_task("training samples made and measured", total=n)
-        try:
-            summary = measure(model_dir, data_seed, world_seed, workers, restack,
-                              progress=lambda k: bar.advance(task, k))
-        except ValueError as exc:
-            _err(f"error: {exc}")
-            raise typer.Exit(2)
-    if as_json:
-        typer.echo(json.dumps(summary, default=float))
-    else:
-        _err(json.dumps(summary, indent=1, default=float))
+    n = len(json.loads((model_dir / TRAINING_DESCRIPTORS_FILE).read_text()))
+    summary = _with_sample_progress("training samples made and measured", n, as_json,
+                                    lambda progress: measure(model_dir, data_seed, world_seed, workers, restack,
+                                                             progress=progress))
     _err(f"measured descriptors of {summary['n_conditions']} training samples written to {model_dir}; "
          f"{len(summary['stacks'])} stack(s) refitted")
 
@@ -305,25 +313,15 @@ def measure_lab(
     """Make N more samples in the virtual lab at space-filling conditions and measure them as every experiment is
     measured; the training-set GP (and so the stacked prediction) learns from them beside the training samples.
     The images are not trained on: more samples cost experiments, not training."""
-    from rich.progress import Progress
-
     from flows.surrogate_flow import measure_lab as measure
 
     if n < 1:
         _err(f"error: --n must be at least 1, got {n}")
         raise typer.Exit(2)
     model_dir = _model_with_training_descriptors(model, "add lab samples to")
-    with Progress(console=_console(), transient=True) as bar:
-        task = bar.add_task("lab samples made and measured", total=n)
-        try:
-            summary = measure(model_dir, n, world_seed, workers, restack, progress=lambda k: bar.advance(task, k))
-        except ValueError as exc:
-            _err(f"error: {exc}")
-            raise typer.Exit(2)
-    if as_json:
-        typer.echo(json.dumps(summary, default=float))
-    else:
-        _err(json.dumps(summary, indent=1, default=float))
+    summary = _with_sample_progress("lab samples made and measured", n, as_json,
+                                    lambda progress: measure(model_dir, n, world_seed, workers, restack,
+                                                             progress=progress))
     _err(f"{summary['n_new']} lab samples measured ({summary['n_lab_samples']} in all) and written to {model_dir}; "
          f"{len(summary['stacks'])} stack(s) refitted")
 
