@@ -202,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--target-std", action="store_true", help="targets also set the sphericity std")
     parser.add_argument("--paper-budget", action="store_true",
                         help="also time one 40 x 50 swarm run to the end (paper 000's budget), batched and cached")
+    parser.add_argument("--paper-budget-bfloat16", action="store_true",
+                        help="also run the paper's swarm with the surrogate sampling under CPU bfloat16 autocast")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 was fastest on 2 busy cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
@@ -231,6 +233,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "batching": batching_ratio(predictor, space, Objective(targets[0]), args)}
     if args.paper_budget:
         report["paper_budget"] = paper_budget_run(predictor, space, Objective(targets[0]), args)
+    if args.paper_budget_bfloat16 and args.model is not None:
+        from models.surrogate.predictor import SurrogatePredictor
+
+        fast = SurrogatePredictor(predictor.surrogate, steps=args.steps, bfloat16=True)
+        report["paper_budget_bfloat16"] = paper_budget_run(fast, space, Objective(targets[0]), args)
+        if "paper_budget" in report:
+            report["paper_budget_bfloat16"]["float32_over_bfloat16"] = (
+                report["paper_budget"]["wall_time_s"] / report["paper_budget_bfloat16"]["wall_time_s"])
     if args.json:
         print(json.dumps(report))
     else:

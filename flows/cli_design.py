@@ -61,6 +61,8 @@ def design(
         DESIGN_UNCERTAINTY_WEIGHT, "--uncertainty-weight",
         help="Weight of the prediction's own uncertainty in the score (1: expected F; 4: with the GP's sd doubled; "
              "0: F of the predicted mean, ignoring how sure the surrogate is)."),
+    bfloat16: bool = typer.Option(False, "--bfloat16", help="Sample the surrogate under CPU bfloat16 autocast: "
+                                  "x2.2 faster on CPUs with AVX512-BF16, slower where it is emulated."),
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the best candidate's generated tiles."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
@@ -88,7 +90,7 @@ def design(
         _err(f"error: {exc}")
         raise typer.Exit(2)
     try:
-        surrogate = SurrogatePredictor.from_pretrained(model or DEFAULT_MODEL_DIR, steps=steps)
+        surrogate = SurrogatePredictor.from_pretrained(model or DEFAULT_MODEL_DIR, steps=steps, bfloat16=bfloat16)
     except SurrogateModelError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2)

@@ -234,8 +234,12 @@ class LatentDiffusionSurrogate:
     @torch.no_grad()
     def generate(self, conditions: Sequence[Mapping[str, Any]], magnification: str, n_per_condition: int = 4,
                  seed: int = 0, steps: int | None = None, guidance_scale: float | None = None,
-                 batch_size: int = 64, progress=None) -> np.ndarray:
+                 batch_size: int = 64, progress=None, bfloat16: bool = False) -> np.ndarray:
         """Generate tiles.
+
+        ``bfloat16=True`` runs the denoiser and decoder under CPU bfloat16 autocast: x2.2 faster on a CPU with
+        AVX512-BF16 (this project's 2-core machine), slower where it is emulated. Tiles differ from float32 ones
+        by 0.003 on average (a few pixels by up to 0.46, where the sampler's path diverges); still deterministic.
 
         Returns
         -------
@@ -257,8 +261,9 @@ class LatentDiffusionSurrogate:
         tiles = np.empty((n_cond * k, self.config.tile_px, self.config.tile_px), np.float32)
         for start in range(0, n_cond * k, batch_size):
             stop = min(start + batch_size, n_cond * k)
-            latents = self._denoise(flat_noise[start:stop].clone(), flat_cond[start:stop], steps, guidance)
-            decoded = self.vae.decode(latents / self.config.latent_scale).sample
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+                latents = self._denoise(flat_noise[start:stop].clone(), flat_cond[start:stop], steps, guidance)
+                decoded = self.vae.decode(latents / self.config.latent_scale).sample.float()
             tiles[start:stop] = ((decoded[:, 0].clamp(-1, 1) + 1) / 2).numpy()
             if progress is not None:
                 progress(stop - start)

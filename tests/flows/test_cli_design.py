@@ -44,6 +44,13 @@ def test_numeric_target_gives_lab_conditions_predictions_and_the_best_candidates
     assert run_design(*NUMBERS)["conditions"] == record["conditions"]  # same seed, same answer
 
 
+def test_bfloat16_design_answers_with_the_same_contract():
+    full, fast = run_design(*NUMBERS), run_design(*NUMBERS, "--bfloat16")
+    assert set(fast) == set(full) and set(fast["conditions"]) == set(CONDITIONS)
+    assert all(math.isfinite(fast["predicted"][k]) for k in ("d50_um", "sphericity_mean", "texture"))
+    assert fast["evaluations"] == full["evaluations"] and math.isfinite(fast["objective"])
+
+
 def test_reference_image_target_is_described_from_a_low_and_a_high_magnification_image(tmp_path):
     sim = invoke("simulate", "--conditions", "{}", "--out", tmp_path / "ref", "--seed", 1, "--json")
     assert sim.exit_code == 0, sim.stderr
