@@ -157,26 +157,34 @@ def training_sample_seed(condition_id: int, data_seed: int = 0) -> int:
     return 10_000 * (data_seed + 1) + int(condition_id)
 
 
-def _measure_job(args) -> dict[str, Any]:
-    """One training sample made again in the lab (same world and sample seed) and measured as the lab does."""
+def _made_and_measured(conditions: dict, world_seed: int, sample_seed: int, name: str
+                       ) -> tuple[dict[str, float], dict[str, float]]:
+    """One sample made in the virtual lab (world ``world_seed``, batch seed ``sample_seed``) and measured as every
+    experiment is (full SEM frames, ``describe``): its true morphology and its ``measured_*`` columns."""
     import tempfile
 
     from devices.lab import SimulatedLab
     from flows.dispatch import InProcessDispatcher, describe_images
     from models.describe import Describer
 
-    cid, conditions, truth, world_seed, sample_seed = args
     with tempfile.TemporaryDirectory(prefix="morphloop-measure-") as tmp:
         lab = SimulatedLab(tmp, seed=world_seed, time_compression=None, first_sample_seed=sample_seed - 1)
-        result = InProcessDispatcher(tmp, lab=lab).run(dict(conditions), f"T{cid:05d}", {})
+        result = InProcessDispatcher(tmp, lab=lab).run(dict(conditions), name, {})
         made = lab.samples[result.sample_id].as_dict()
-        if truth and any(abs(made[k] - v) > 1e-6 * max(1.0, abs(v)) for k, v in truth.items() if k in made):
-            raise ValueError(f"condition {cid}: the lab made a different sample than the training set's (D50 "
-                             f"{made['d50_um']:.4f} vs {truth.get('d50_um')}); the set was built with another "
-                             f"--seed or world: pass that data seed")
         measured = describe_images(Describer(), result.images)
-    return {"condition_id": cid, **{MEASURED_PREFIX + k: (np.nan if measured.get(k) is None else float(measured[k]))
-                                    for k in DESCRIPTOR_NAMES}}
+    return made, {MEASURED_PREFIX + k: (np.nan if measured.get(k) is None else float(measured[k]))
+                  for k in DESCRIPTOR_NAMES}
+
+
+def _measure_job(args) -> dict[str, Any]:
+    """One training sample made again in the lab (same world and sample seed) and measured as the lab does."""
+    cid, conditions, truth, world_seed, sample_seed = args
+    made, measured = _made_and_measured(conditions, world_seed, sample_seed, f"T{cid:05d}")
+    if truth and any(abs(made[k] - v) > 1e-6 * max(1.0, abs(v)) for k, v in truth.items() if k in made):
+        raise ValueError(f"condition {cid}: the lab made a different sample than the training set's (D50 "
+                         f"{made['d50_um']:.4f} vs {truth.get('d50_um')}); the set was built with another "
+                         f"--seed or world: pass that data seed")
+    return {"condition_id": cid, **measured}
 
 
 def measure_training_samples(table: pd.DataFrame, *, data_seed: int = 0, world_seed: int = 0, workers: int = 2,
@@ -227,25 +235,16 @@ def lab_design(start: int, n: int) -> list[dict]:
 
 
 def _measure_lab_job(args) -> dict[str, Any]:
-    """One lab sample made and measured as every experiment is (full SEM frames, ``describe``)."""
-    import tempfile
-
-    from devices.lab import SimulatedLab
-    from flows.dispatch import DispatchError, InProcessDispatcher, describe_images
-    from models.describe import Describer
+    """One lab sample made and measured as every experiment is (a sample that cannot be made or measured: NaN)."""
+    from flows.dispatch import DispatchError
 
     index, conditions, world_seed = args
-    row = {"sample_index": index, "sample_seed": lab_sample_seed(index),
-           **{f"cond_{k}": v for k, v in conditions.items()}}
-    with tempfile.TemporaryDirectory(prefix="morphloop-lab-sample-") as tmp:
-        lab = SimulatedLab(tmp, seed=world_seed, time_compression=None, first_sample_seed=lab_sample_seed(index) - 1)
-        try:
-            result = InProcessDispatcher(tmp, lab=lab).run(dict(conditions), f"L{index:05d}", {})
-            measured = describe_images(Describer(), result.images)
-        except (DispatchError, ValueError):  # a sample the lab could not make or measure stays NaN
-            measured = {}
-    return {**row, **{MEASURED_PREFIX + k: (np.nan if measured.get(k) is None else float(measured[k]))
-                      for k in DESCRIPTOR_NAMES}}
+    try:
+        _, measured = _made_and_measured(conditions, world_seed, lab_sample_seed(index), f"L{index:05d}")
+    except (DispatchError, ValueError):
+        measured = {MEASURED_PREFIX + k: np.nan for k in DESCRIPTOR_NAMES}
+    return {"sample_index": index, "sample_seed": lab_sample_seed(index),
+            **{f"cond_{k}": v for k, v in conditions.items()}, **measured}
 
 
 def measure_lab_samples(n: int, *, start: int = 0, world_seed: int = 0, workers: int = 2,

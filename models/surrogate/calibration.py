@@ -36,11 +36,15 @@ MIN_CALIBRATION_CONDITIONS = 8
 UNIT_INTERVAL = ("sphericity_mean", "texture")
 
 
+def _conditions(table: pd.DataFrame) -> list[dict]:
+    """The condition dict of each row of a descriptors table (its ``cond_*`` columns)."""
+    return [{n[len("cond_"):]: row[n] for n in table.columns if n.startswith("cond_")} for _, row in table.iterrows()]
+
+
 def training_tile_descriptors(table: pd.DataFrame, config: SurrogateConfig) -> tuple[list[dict], np.ndarray]:
     """The training conditions of a ``training_descriptors.json`` table and their simulated tiles' descriptors
     (``n x 4`` in :data:`DESCRIPTOR_NAMES` order, with the model's tile calibrations applied)."""
-    conditions = [{n[len("cond_"):]: row[n] for n in table.columns if n.startswith("cond_")}
-                  for _, row in table.iterrows()]
+    conditions = _conditions(table)
     a, b = config.d50_calibration
     ta, tb = config.texture_calibration
     values = np.column_stack([a + b * table["tile_d50_um"], table["tile_sphericity_mean"],
@@ -56,8 +60,7 @@ def training_measured_descriptors(table: pd.DataFrame, config: SurrogateConfig) 
     columns = [MEASURED_PREFIX + k for k in DESCRIPTOR_NAMES]
     if not all(c in table.columns for c in columns):
         return training_tile_descriptors(table, config)
-    conditions, _ = training_tile_descriptors(table, config)
-    return conditions, np.array(table[columns], dtype=float)  # a writable copy (torch warns on read-only arrays)
+    return _conditions(table), np.array(table[columns], dtype=float)  # a writable copy (torch warns on read-only arrays)
 
 
 def lab_measured_descriptors(table: pd.DataFrame) -> tuple[list[dict], np.ndarray]:
@@ -66,9 +69,7 @@ def lab_measured_descriptors(table: pd.DataFrame) -> tuple[list[dict], np.ndarra
     missing = [MEASURED_PREFIX + k for k in DESCRIPTOR_NAMES if MEASURED_PREFIX + k not in table.columns]
     if missing:
         raise ValueError(f"the lab descriptors table lacks {missing}; write it with 'morphloop surrogate measure-lab'")
-    conditions = [{n[len("cond_"):]: row[n] for n in table.columns if n.startswith("cond_")}
-                  for _, row in table.iterrows()]
-    return conditions, np.array(table[[MEASURED_PREFIX + k for k in DESCRIPTOR_NAMES]], dtype=float)
+    return _conditions(table), np.array(table[[MEASURED_PREFIX + k for k in DESCRIPTOR_NAMES]], dtype=float)
 
 
 def gp_examples(training: pd.DataFrame, lab: pd.DataFrame | None, config: SurrogateConfig
