@@ -69,12 +69,19 @@ def enhance(
     model: Optional[Path] = typer.Option(None, "--model", help="InDI model folder (default: the shipped model)."),
     steps: int = typer.Option(8, "--steps", help="InDI sampling steps (1 = plain regression)."),
     out: Path = typer.Option(..., "--out", help="Output file, 2x the input's resolution, same format by suffix."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="auto (bfloat16 where the CPU runs it natively, about 2x faster), float32 "
+                                       "or bfloat16."),
 ) -> None:
     """Enhance a low-quality slice or stack 2x with InDI."""
+    from models.precision import PRECISIONS
     from models.volume_io import VolumeIOError, read_volume, write_volume
 
     if steps < 1:
         _err(f"error: --steps must be >= 1, got {steps}")
+        raise typer.Exit(2)
+    if precision not in PRECISIONS:
+        _err(f"error: --precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         raise typer.Exit(2)
     model_dir = _check_model(model)
     try:
@@ -82,7 +89,7 @@ def enhance(
         from flows.tomo import load_model
 
         t0 = time.perf_counter()
-        enhanced = load_model(model_dir).enhance(lq, steps=steps)
+        enhanced = load_model(model_dir).enhance(lq, steps=steps, precision=precision)
         write_volume(out, enhanced)
     except VolumeIOError as exc:
         _err(f"error: {exc}")

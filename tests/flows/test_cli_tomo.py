@@ -73,6 +73,11 @@ def test_enhance_with_the_shipped_model_doubles_the_resolution(tmp_path):
     assert read_volume(tmp_path / "out.tif").shape == (96, 96)
     result = invoke("tomo", "enhance", tmp_path / "slice.txt", "--out", tmp_path / "out.tif")
     assert result.exit_code == 2 and "unsupported file type" in result.stderr
+    result = invoke("tomo", "enhance", tmp_path / "slice.tif", "--out", tmp_path / "f32.tif", "--precision", "float32")
+    assert result.exit_code == 0, result.stderr
+    assert np.abs(read_volume(tmp_path / "f32.tif") - read_volume(tmp_path / "out.tif")).max() < 0.05
+    result = invoke("tomo", "enhance", tmp_path / "slice.tif", "--out", tmp_path / "x.tif", "--precision", "half")
+    assert result.exit_code == 2 and "--precision must be one of auto, float32, bfloat16" in result.stderr
 
 
 @pytest.mark.slow
