@@ -308,6 +308,10 @@ def measure_lab(
     world_seed: int = typer.Option(0, "--world-seed", help="The virtual lab's world (the training set's)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Samples made and measured at once."),
     restack: bool = typer.Option(True, "--restack/--no-restack", help="Refit the model's descriptor stacks."),
+    keep_hyperparameters: bool = typer.Option(
+        False, "--keep-hyperparameters",
+        help="Condition the GP on all samples with its fitted length scales and noise instead of fitting them "
+             "again (seconds instead of many minutes once there are thousands of samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
 ) -> None:
     """Make N more samples in the virtual lab at space-filling conditions and measure them as every experiment is
@@ -321,7 +325,8 @@ def measure_lab(
     model_dir = _model_with_training_descriptors(model, "add lab samples to")
     summary = _with_sample_progress("lab samples made and measured", n, as_json,
                                     lambda progress: measure(model_dir, n, world_seed, workers, restack,
-                                                             progress=progress))
+                                                             progress=progress,
+                                                             keep_hyperparameters=keep_hyperparameters))
     _err(f"{summary['n_new']} lab samples measured ({summary['n_lab_samples']} in all) and written to {model_dir}; "
          f"{len(summary['stacks'])} stack(s) refitted")
 

@@ -111,6 +111,12 @@ class TrainingSetGP:
         return int(gp.train_inputs[0].shape[-1])
 
 
+def hyperparameters_only(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A :meth:`TrainingSetGP.state` without its outcome scaling: kernel and noise hyperparameters that a
+    :class:`TrainingSetGP` on other data keeps, standardising that data by its own mean and spread."""
+    return {k: v for k, v in state.items() if not k.split(".", 1)[1].startswith("outcome_transform.")}
+
+
 def cross_validated_gp(train_x: np.ndarray, train_y: np.ndarray, rows: Sequence[int], folds: int = CV_FOLDS,
                        seed: int = 0, hyperparameters: Mapping[str, torch.Tensor] | None = None) -> np.ndarray:
     """GP predictions at ``rows`` of the training set, each from a GP that did not see that row's fold
@@ -122,8 +128,7 @@ def cross_validated_gp(train_x: np.ndarray, train_y: np.ndarray, rows: Sequence[
     fifth of the data out barely moves the length scales."""
     rows = np.asarray(rows, int)
     fold_of = np.random.default_rng(seed).permutation(len(rows)) % max(2, folds)
-    kept = None if hyperparameters is None else {
-        k: v for k, v in hyperparameters.items() if not k.split(".", 1)[1].startswith("outcome_transform.")}
+    kept = None if hyperparameters is None else hyperparameters_only(hyperparameters)
     out = np.full((len(rows), np.asarray(train_y).shape[1]), np.nan)
     for k in np.unique(fold_of):
         held = rows[fold_of == k]

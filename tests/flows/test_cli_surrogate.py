@@ -234,6 +234,26 @@ def test_measure_lab_adds_samples_that_continue_its_design_and_the_gp_learns_fro
     assert len(conditions) == 13
     np.testing.assert_allclose(values[10:], [[r[f"measured_{k}"] for k in DESCRIPTOR_NAMES] for r in rows], rtol=1e-12)
 
+    # --keep-hyperparameters: the GP conditions on the fourth sample with the length scales and noise it had
+    import torch
+    from safetensors.torch import load_file
+
+    fitted = load_file(str(model / "training_gp.safetensors"))
+    result = invoke("surrogate", "measure-lab", "--model", model, "--n", 1, "--workers", 1, "--no-restack",
+                    "--keep-hyperparameters", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["n_lab_samples"] == 4
+    kept = load_file(str(model / "training_gp.safetensors"))
+    assert kept.keys() == fitted.keys()
+    hyper = [k for k in kept if "raw_lengthscale" in k or "raw_noise" in k]
+    assert len(hyper) >= 8 and all(torch.equal(kept[k], fitted[k]) for k in hyper)
+    assert any(not torch.equal(kept[k], fitted[k]) for k in kept if "outcome_transform.means" in k)  # 14 samples
+    assert len(SurrogatePredictor.from_pretrained(model).training_examples()[0]) == 14
+    (model / "training_gp.safetensors").unlink()
+    result = invoke("surrogate", "measure-lab", "--model", model, "--n", 1, "--keep-hyperparameters")
+    assert result.exit_code == 2 and "without --keep-hyperparameters" in result.stderr
+    assert len(json.loads((model / "lab_descriptors.json").read_text())) == 4  # refused before making samples
+
     result = invoke("surrogate", "measure-lab", "--model", model, "--n", 0)
     assert result.exit_code == 2 and "--n must be at least 1" in result.stderr
     (model / "training_descriptors.json").unlink()
