@@ -15,6 +15,7 @@ import numpy as np
 from models.surrogate.calibration import apply_generation_calibration, gp_examples
 from models.surrogate.descriptors import DESCRIPTOR_NAMES, describe_high_tiles, describe_low_tiles
 from models.surrogate.model import LatentDiffusionSurrogate
+from models.precision import resolve_bfloat16
 from models.surrogate.stacking import DescriptorStack, TrainingSetGP, nearest_stack
 
 
@@ -51,16 +52,17 @@ class SurrogatePredictor:
 
     ``stack=True`` (default) predicts through the model's descriptor stack for the sampler setting nearest to
     ``steps`` and ``n_images`` when the model has one and its training descriptors; ``False`` returns the
-    generated images' descriptors only (what the fidelity report judges). ``bfloat16=True`` samples under CPU
-    bfloat16 autocast (:meth:`~models.surrogate.model.LatentDiffusionSurrogate.generate`): faster screening where
-    the CPU has AVX512-BF16; the stacks were fitted on float32 tiles."""
+    generated images' descriptors only (what the fidelity report judges). ``precision`` is the sampler's
+    (:meth:`~models.surrogate.model.LatentDiffusionSurrogate.generate`): ``auto`` samples under CPU bfloat16
+    autocast where the CPU has bfloat16 instructions (x2.2 faster), float32 elsewhere."""
 
     def __init__(self, surrogate: LatentDiffusionSurrogate, steps: int | None = None,
                  guidance_scale: float | None = None, batch_size: int = 64, stack: bool = True,
-                 bfloat16: bool = False):
+                 precision: str | bool = "auto"):
+        resolve_bfloat16(precision)  # a bad value fails here, not in the first prediction
         self.surrogate = surrogate
         self.steps, self.guidance_scale, self.batch_size = steps, guidance_scale, batch_size
-        self.stack, self.bfloat16 = stack, bfloat16
+        self.stack, self.precision = stack, precision
         self._training_gp: TrainingSetGP | None = None
 
     def descriptor_stack(self, n_images: int) -> DescriptorStack | None:
@@ -110,7 +112,7 @@ class SurrogatePredictor:
         """``{"low": n x k x H x W, "high": n x k x H x W}`` (the ``magnifications`` asked for)."""
         return {mag: self.surrogate.generate(conditions, mag, n_images, seed, steps=self.steps,
                                              guidance_scale=self.guidance_scale, batch_size=self.batch_size,
-                                             progress=progress, bfloat16=self.bfloat16)
+                                             progress=progress, precision=self.precision)
                 for mag in magnifications}
 
     def describe(self, conditions: Sequence[Mapping[str, Any]], tiles: dict[str, np.ndarray],

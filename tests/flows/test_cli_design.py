@@ -44,11 +44,13 @@ def test_numeric_target_gives_lab_conditions_predictions_and_the_best_candidates
     assert run_design(*NUMBERS)["conditions"] == record["conditions"]  # same seed, same answer
 
 
-def test_bfloat16_design_answers_with_the_same_contract():
-    full, fast = run_design(*NUMBERS), run_design(*NUMBERS, "--bfloat16")
+def test_float32_and_bfloat16_designs_answer_with_the_same_contract():
+    full, fast = run_design(*NUMBERS, "--precision", "float32"), run_design(*NUMBERS, "--precision", "bfloat16")
     assert set(fast) == set(full) and set(fast["conditions"]) == set(CONDITIONS)
     assert all(math.isfinite(fast["predicted"][k]) for k in ("d50_um", "sphericity_mean", "texture"))
     assert fast["evaluations"] == full["evaluations"] and math.isfinite(fast["objective"])
+    result = invoke("design", *NUMBERS, *TINY, "--precision", "fp16")
+    assert result.exit_code == 2 and "--precision must be one of auto, float32, bfloat16" in result.stderr
 
 
 def test_reference_image_target_is_described_from_a_low_and_a_high_magnification_image(tmp_path):

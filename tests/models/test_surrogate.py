@@ -88,22 +88,28 @@ def test_generation_is_deterministic_per_seed_and_survives_save_and_load(tmp_pat
     assert not list((tmp_path / "m").rglob("*.bin")) and not list((tmp_path / "m").rglob("*.pt"))
 
 
-def test_bfloat16_sampling_is_deterministic_close_to_float32_and_reaches_the_predictor():
+def test_bfloat16_sampling_is_deterministic_close_to_float32_and_auto_follows_the_cpu(monkeypatch):
+    from models import precision
     from models.surrogate.predictor import SurrogatePredictor
 
     torch.manual_seed(0)
     model = LatentDiffusionSurrogate(tiny_config())
-    full = model.generate(CONDS[:3], "high", 2, seed=5)
-    fast = model.generate(CONDS[:3], "high", 2, seed=5, bfloat16=True)
+    full = model.generate(CONDS[:3], "high", 2, seed=5, precision="float32")
+    fast = model.generate(CONDS[:3], "high", 2, seed=5, precision="bfloat16")
     assert fast.dtype == np.float32 and fast.shape == full.shape and fast.min() >= 0 and fast.max() <= 1
-    np.testing.assert_array_equal(fast, model.generate(CONDS[:3], "high", 2, seed=5, bfloat16=True))
+    np.testing.assert_array_equal(fast, model.generate(CONDS[:3], "high", 2, seed=5, precision="bfloat16"))
     assert 0 < np.abs(fast - full).mean() < 0.02  # bfloat16 kernels ran, and they are close
+    for native, expected in ((True, fast), (False, full)):  # auto: bfloat16 only where the CPU has it
+        monkeypatch.setattr(precision, "native_bfloat16", lambda native=native: native)
+        np.testing.assert_array_equal(model.generate(CONDS[:3], "high", 2, seed=5), expected)
     asked = []
     generate = model.generate
-    model.generate = lambda *a, **k: asked.append(k["bfloat16"]) or generate(*a, **k)
-    SurrogatePredictor(model, bfloat16=True).generate(CONDS[:1], 1, 0, magnifications=("high",))
+    model.generate = lambda *a, **k: asked.append(k["precision"]) or generate(*a, **k)
+    SurrogatePredictor(model, precision="bfloat16").generate(CONDS[:1], 1, 0, magnifications=("high",))
     SurrogatePredictor(model).generate(CONDS[:1], 1, 0, magnifications=("high",))
-    assert asked == [True, False]
+    assert asked == ["bfloat16", "auto"]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SurrogatePredictor(model, precision="half")
 
 
 def test_loading_a_folder_that_is_not_a_model_says_how_to_make_one(tmp_path):
