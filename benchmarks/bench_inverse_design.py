@@ -20,7 +20,8 @@ Speed: PSO with one batched ``predict`` call per iteration against one call per 
 answer up to the last bits of batched kernels), as a wall-time ratio (best of ``--batching-repeats`` runs each); ``--paper-budget`` also times paper
 000's 40 x 50 swarm run to the end (no early stop) through :class:`loop.predictor.CachedPredictor`, with the peak
 resident memory (``--paper-budget-precisions``: once with the surrogate sampling in float32 and once under CPU
-bfloat16 autocast, the default where the CPU has bfloat16 instructions). The simulator fake costs little per call; ``--call-overhead-ms`` adds a fixed
+bfloat16 autocast, the default where the CPU has bfloat16 instructions). The simulator fake costs little per
+call; ``--call-overhead-ms`` adds a fixed
 cost per call to mimic a model's launch/synchronisation cost (reported, default 0).
 
 ``--predictor simulator`` (default): the virtual lab's noise-free truth plus seeded per-image noise (a copy of

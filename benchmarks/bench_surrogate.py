@@ -1,11 +1,13 @@
 """Screening speed of the surrogate (generate + describe), a benchmark, not a test.
 
     .venv/bin/python benchmarks/bench_surrogate.py [--model DIR] [--conditions 32] [--n 4] [--steps 10 6]
-                                                   [--threads 2] [--json]
+                                                   [--precision auto] [--threads 2] [--json]
 
 For each solver step count: conditions per second for batched screening (all conditions' tiles in batches of 64)
 and, as the baseline measured in the same run, one condition at a time (batch = one condition's tiles); the split
-between generation and description; peak resident memory. Also prints the shipped model's training time from its
+between generation and description; peak resident memory. ``--precision float32 bfloat16`` repeats it per
+sampler precision (``auto``, the default, is bfloat16 where the CPU has bfloat16 instructions). Also prints the
+shipped model's training time from its
 ``training_summary.json``. Goal (issue 4): >= 10 conditions/s on 2 cores.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.precision import PRECISIONS  # noqa: E402
 from models.surrogate.model import DEFAULT_MODEL_DIR  # noqa: E402
 from models.surrogate.predictor import SurrogatePredictor  # noqa: E402
 
@@ -57,18 +60,20 @@ def main() -> None:
     parser.add_argument("--conditions", type=int, default=32)
     parser.add_argument("--n", type=int, default=4, help="tiles per condition and magnification")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 6])
+    parser.add_argument("--precision", nargs="+", default=["auto"], choices=list(PRECISIONS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for steps in args.steps:
-        predictor = SurrogatePredictor.from_pretrained(args.model, steps=steps)
-        conditions = random_conditions(predictor, args.conditions)
-        batched = screen(predictor, conditions, args.n, per_condition=False)
-        single = screen(predictor, conditions[: max(4, args.conditions // 4)], args.n, per_condition=True)
-        rows.append({"steps": steps, "batched": batched, "one_at_a_time": single,
-                     "speedup": batched["conditions_per_s"] / single["conditions_per_s"]})
+    for precision in args.precision:
+        for steps in args.steps:
+            predictor = SurrogatePredictor.from_pretrained(args.model, steps=steps, precision=precision)
+            conditions = random_conditions(predictor, args.conditions)
+            batched = screen(predictor, conditions, args.n, per_condition=False)
+            single = screen(predictor, conditions[: max(4, args.conditions // 4)], args.n, per_condition=True)
+            rows.append({"precision": precision, "steps": steps, "batched": batched, "one_at_a_time": single,
+                         "speedup": batched["conditions_per_s"] / single["conditions_per_s"]})
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary_path = args.model / "training_summary.json"
     training = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -80,10 +85,12 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"model {args.model}; {args.n} tiles per condition per magnification; {args.threads} threads")
-    print(f"{'steps':>5} {'batched cond/s':>15} {'one-at-a-time':>14} {'speedup':>8} {'gen s':>7} {'describe s':>10}")
+    print(f"{'precision':>9} {'steps':>5} {'batched cond/s':>15} {'one-at-a-time':>14} {'speedup':>8} {'gen s':>7} "
+          f"{'describe s':>10}")
     for r in rows:
         b = r["batched"]
-        print(f"{r['steps']:>5} {b['conditions_per_s']:>15.2f} {r['one_at_a_time']['conditions_per_s']:>14.2f} "
+        print(f"{r['precision']:>9} {r['steps']:>5} {b['conditions_per_s']:>15.2f} "
+              f"{r['one_at_a_time']['conditions_per_s']:>14.2f} "
               f"{r['speedup']:>8.2f} {b['generate_s']:>7.1f} {b['describe_s']:>10.1f}")
     print(f"peak RSS {peak_mib:.0f} MiB; goal 10 conditions/s")
     if training:

@@ -21,7 +21,8 @@ Stacks are ``rows x y x x`` arrays of xy-slices; each slice is enhanced on its o
 Speed (2 CPU cores, ``torch.set_num_threads(2)``, ``channels_last``; ``benchmarks/bench_indi_speed.py``): the
 shipped width-24 network enhances a 512 x 512 output slice at 8 steps in about 2.2 s in float32 and 1.1 s under
 bfloat16 autocast, which :meth:`InDIModel.enhance` uses by default where the CPU has bfloat16 instructions.
-Training runs in float32, about 275 ms per iteration at width 24 (16 patches of 64 x 64). Files: ``model.safetensors`` + ``config.json``; no pickle anywhere.
+Training runs in float32, about 275 ms per iteration at width 24 (16 patches of 64 x 64). Files:
+``model.safetensors`` + ``config.json``; no pickle anywhere.
 """
 from __future__ import annotations
 
