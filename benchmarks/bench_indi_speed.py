@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench_tomo_fbp import best_time  # benchmarks/ is on sys.path when run as a script
 from flows.tomo import DEFAULT_INDI_MODEL, ScanData, lq_over_hq_field, reconstruct_slices
 from models.indi import InDIModel
 from models.precision import native_bfloat16
@@ -33,15 +33,6 @@ def lq_slice(size: int) -> np.ndarray:
                                    LQ.voxel_nm)
     field = lq_over_hq_field(volume, replace(HQ, n_rows=4), quality)[0]
     return np.pad(field, [(0, max(0, size // 2 - n)) for n in field.shape], mode="symmetric")[:size // 2, :size // 2]
-
-
-def best_time(fn, repeats: int) -> tuple[float, np.ndarray]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
 
 
 def main() -> None:
