@@ -19,7 +19,7 @@ Stacks are ``rows x y x x`` arrays of xy-slices; each slice is enhanced on its o
 ``rows`` is not upsampled (interpolate it afterwards if isotropic voxels are needed).
 
 Speed (2 CPU cores, ``torch.set_num_threads(2)``, ``channels_last``; ``benchmarks/bench_indi_speed.py``): the
-shipped width-24 network enhances a 512 x 512 output slice at 8 steps in about 2.2 s in float32 and 1.1 s under
+shipped width-24 network enhances a 512 x 512 output slice at 8 steps in 1.8-2.2 s in float32 and about 1 s under
 bfloat16 autocast, which :meth:`InDIModel.enhance` uses by default where the CPU has bfloat16 instructions.
 Training runs in float32, about 275 ms per iteration at width 24 (16 patches of 64 x 64). Files:
 ``model.safetensors`` + ``config.json``; no pickle anywhere.
@@ -172,8 +172,8 @@ class InDIModel:
         precision : {"auto", "float32", "bfloat16"}
             ``auto`` samples under CPU bfloat16 autocast where the CPU runs bfloat16 natively
             (:func:`models.precision.native_bfloat16`), else in float32. On this project's 2-core EPYC bfloat16
-            is x2.1 faster and the enhanced slices differ from float32 by 0.1 % of their spread
-            (``benchmarks/bench_indi_speed.py``).
+            was x1.8-2.0 faster (512² output slice, 8 steps: 0.98 s against 1.78 s) and the enhanced slices
+            differ from float32 by 0.14 % of their spread (``benchmarks/bench_indi_speed.py``).
 
         Returns
         -------
