@@ -37,6 +37,26 @@ def test_weights_follow_what_each_source_knows():
     assert fit_stack_weights(np.array([1.0, np.nan, 2.0]), np.ones(3), np.array([1.0, 2.0, 3.0])) == [2.0, 0.0, 0.0]
 
 
+def test_image_term_is_kept_only_when_it_explains_more_than_chance():
+    rng = np.random.default_rng(3)
+    gp = rng.uniform(2, 6, 160)
+    hidden = rng.normal(0, 1, 160)  # what the GP does not know
+    truth = gp + 0.1 * hidden + rng.normal(0, 0.2, 160)
+    for seed in range(20):  # noise images that least squares gives a positive weight
+        noise = np.random.default_rng(100 + seed).normal(0, 1, 160)
+        if fit_stack_weights(noise, gp, truth, alpha=1.0)[1] > 0:
+            break
+    assert fit_stack_weights(noise, gp, truth, alpha=1.0)[1] > 0
+    a, b, c = fit_stack_weights(noise, gp, truth)
+    assert b == 0.0
+    # [a, c] is then the GP-only least-squares fit
+    c_alone, a_alone = np.polyfit(gp, truth, 1)
+    assert c == pytest.approx(c_alone) and a == pytest.approx(a_alone)
+    # images that see the hidden part keep their weight
+    a, b, c = fit_stack_weights(hidden + rng.normal(0, 0.5, 160), gp, truth)
+    assert b > 0.05 and c == pytest.approx(1.0, abs=0.05)
+
+
 def test_cross_validated_gp_is_held_out_and_still_predicts():
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (60, 2))
