@@ -331,6 +331,48 @@ def measure_lab(
          f"{len(summary['stacks'])} stack(s) refitted")
 
 
+@surrogate_app.command("fit-gp")
+def fit_gp(
+    model: Path = typer.Option(..., "--model", help="Model folder (its GP, config and stacks rewritten)."),
+    fit_rows: int = typer.Option(1280, "--fit-rows", min=16,
+                                 help="Samples the length scales and noise are fitted on (the GP then conditions "
+                                      "on all): an exact fit costs O(n³) per optimiser step."),
+    log_ratio: Optional[list[str]] = typer.Option(
+        None, "--log-ratio", help="DESCRIPTOR:NUMERATOR/DENOMINATOR: the log ratio of two conditions as one more "
+                                  "input of that descriptor's GP, e.g. texture:naoh_wt_pct/nh4oh_wt_pct "
+                                  "(repeatable; 'none' for none; default: the model's)."),
+    restack: bool = typer.Option(True, "--restack/--no-restack", help="Refit the model's descriptor stacks."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+) -> None:
+    """Fit the training-set GP (conditions -> measured descriptors) again from scratch: new length scales and
+    noise, optionally new inputs; then refit the stacks that weigh it."""
+    from flows.surrogate_flow import fit_gp as fit
+
+    ratios: dict[str, list[list[str]]] | None = None
+    if log_ratio:
+        ratios = {}
+        for spec in [] if [r.lower() for r in log_ratio] == ["none"] else log_ratio:
+            descriptor, _, pair = spec.partition(":")
+            names = pair.split("/")
+            if not descriptor or len(names) != 2 or not all(names):
+                _err(f"error: --log-ratio takes DESCRIPTOR:NUMERATOR/DENOMINATOR (e.g. "
+                     f"texture:naoh_wt_pct/nh4oh_wt_pct), got {spec!r}")
+                raise typer.Exit(2)
+            ratios.setdefault(descriptor, []).append(names)
+    model_dir = _model_with_training_descriptors(model, "fit the GP of")
+    try:
+        with _console().status(f"fitting the GP's hyperparameters on {fit_rows} samples per descriptor"):
+            summary = fit(model_dir, fit_rows, ratios, restack)
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps(summary, default=float))
+    _err("GP 5-fold cross-validated R² on all " f"{summary['n_samples']} samples: "
+         + ", ".join(f"{k} {v:.3f}" for k, v in summary["gp_cv_r2"].items())
+         + f"; written to {model_dir}; {len(summary['stacks'])} stack(s) refitted")
+
+
 @surrogate_app.command("report")
 def report(
     model: Optional[Path] = typer.Option(None, "--model", help="Model folder (default: the shipped model)."),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -164,10 +164,7 @@ def measure_lab(model_dir: str | Path, n: int, world_seed: int = 0, workers: int
     instead of fitting them again. An exact fit costs O(n³) per optimiser step (219 s on 1280 samples on 2
     cores, ~15x that on 3200); conditioning costs one Cholesky factorisation (seconds)."""
     from models.checkpointing import atomic_write
-    from models.surrogate.calibration import gp_examples
     from models.surrogate.descriptors import LAB_DESCRIPTORS_FILE
-    from models.surrogate.fidelity import r2_score
-    from models.surrogate.stacking import cross_validated_gp
 
     model_dir = Path(model_dir)
     model = LatentDiffusionSurrogate.from_pretrained(model_dir)
@@ -183,28 +180,72 @@ def measure_lab(model_dir: str | Path, n: int, world_seed: int = 0, workers: int
     atomic_write(model_dir / LAB_DESCRIPTORS_FILE, lambda path: table.to_json(path, orient="records", indent=1))
     model.lab_descriptors = table
     gp = _refit_gp(model_dir, model, keep_hyperparameters)
-    conditions, values = gp_examples(model.training_descriptors, table, model.config)
-    cv = cross_validated_gp(model.schema.encode(conditions), values, np.arange(len(conditions)),
-                            hyperparameters=gp.state())
     summary = {"n_new": int(len(new)), "n_lab_samples": int(len(table)),
                "n_training_samples": int(len(model.training_descriptors)),
                "unmeasured": {k: int(new[MEASURED_PREFIX + k].isna().sum()) for k in DESCRIPTOR_NAMES},
-               "gp_cv_r2": {k: r2_score(values[np.isfinite(values[:, j]), j], cv[np.isfinite(values[:, j]), j])
-                            for j, k in enumerate(DESCRIPTOR_NAMES)}}
+               "gp_cv_r2": _gp_cv_r2(model, gp)}
     return {**summary, "stacks": _restack(model_dir, model) if restack else []}
 
 
-def _refit_gp(model_dir: Path, model: LatentDiffusionSurrogate, keep_hyperparameters: bool = False):
+def fit_gp(model_dir: str | Path, fit_rows: int | None = None,
+           log_ratios: Mapping[str, Sequence[Sequence[str]]] | None = None, restack: bool = True) -> dict:
+    """Fit a saved model's training-set GP again from scratch (new length scales and noise): on ``fit_rows``
+    random samples, then conditioned on all (:class:`~models.surrogate.stacking.TrainingSetGP`), with
+    ``log_ratios`` as extra inputs when given (:attr:`~models.surrogate.model.SurrogateConfig.gp_log_ratios`;
+    None keeps the model's). Saves the GP and config, (``restack``) refits every descriptor stack, and returns
+    the GP's 5-fold cross-validated R² on all its samples and the stacks."""
+    model_dir = Path(model_dir)
+    model = LatentDiffusionSurrogate.from_pretrained(model_dir)
+    if model.training_descriptors is None:
+        raise ValueError(f"{model_dir} has no {TRAINING_DESCRIPTORS_FILE}")
+    if log_ratios is not None:
+        ratios = {name: [list(pair) for pair in pairs] for name, pairs in log_ratios.items()}
+        unknown = sorted(set(ratios) - set(DESCRIPTOR_NAMES))
+        if unknown:
+            raise ValueError(f"log ratios for unknown descriptor(s) {unknown}; known: {list(DESCRIPTOR_NAMES)}")
+        for pairs in ratios.values():  # a bad pair fails before anything is rewritten
+            model.schema.encode_log_ratios([], pairs)
+        model.config.gp_log_ratios = ratios
+        model.save_config(model_dir)
+    gp = _refit_gp(model_dir, model, fit_rows=fit_rows)
+    summary = {"n_samples": int(len(gp_examples_of(model)[0])), "fit_rows": fit_rows,
+               "gp_log_ratios": model.config.gp_log_ratios, "gp_cv_r2": _gp_cv_r2(model, gp)}
+    return {**summary, "stacks": _restack(model_dir, model) if restack else []}
+
+
+def gp_examples_of(model: LatentDiffusionSurrogate) -> tuple[list[dict], np.ndarray]:
+    """The conditions and measured descriptors ``model``'s training-set GP learns from."""
+    from models.surrogate.calibration import gp_examples
+
+    return gp_examples(model.training_descriptors, model.lab_descriptors, model.config)
+
+
+def _gp_cv_r2(model: LatentDiffusionSurrogate, gp) -> dict[str, float]:
+    """5-fold cross-validated R² of ``model``'s training-set GP on all its samples (its hyperparameters kept)."""
+    from models.surrogate.fidelity import r2_score
+    from models.surrogate.stacking import cross_validated_gp
+
+    conditions, values = gp_examples_of(model)
+    cv = cross_validated_gp(model.gp_inputs(conditions), values, np.arange(len(conditions)),
+                            hyperparameters=gp.state(), input_columns=model.gp_input_columns())
+    return {k: r2_score(values[np.isfinite(values[:, j]), j], cv[np.isfinite(values[:, j]), j])
+            for j, k in enumerate(DESCRIPTOR_NAMES)}
+
+
+def _refit_gp(model_dir: Path, model: LatentDiffusionSurrogate, keep_hyperparameters: bool = False,
+              fit_rows: int | None = None):
     """Refit and save ``model``'s training-set GP on what it now holds (``keep_hyperparameters``: condition on it
-    with the saved GP's hyperparameters); returns it."""
+    with the saved GP's hyperparameters; else fit them, on ``fit_rows`` samples when given); returns it."""
     from models.surrogate.model import TRAINING_GP_FILE
-    from models.surrogate.predictor import SurrogatePredictor
-    from models.surrogate.stacking import hyperparameters_only
+    from models.surrogate.stacking import TrainingSetGP, hyperparameters_only
 
     # the saved GP was fitted on other values: its outcome scaling (and, refitted, its hyperparameters) go
     model.training_gp_state = hyperparameters_only(model.training_gp_state) if keep_hyperparameters else None
     (model_dir / TRAINING_GP_FILE).unlink(missing_ok=True)
-    gp = SurrogatePredictor(model).training_gp()
+    conditions, values = gp_examples_of(model)
+    gp = TrainingSetGP(model.gp_inputs(conditions), values, state=model.training_gp_state, fit_rows=fit_rows,
+                       input_columns=model.gp_input_columns())
+    model.training_gp_state = gp.state()
     model.save_training_gp(model_dir)
     return gp
 

@@ -143,7 +143,8 @@ def fit_stack_on_training(predictor: SurrogatePredictor, n_conditions: int = 160
                                     generation_calibration=False)
     generated = np.array([[p.uncalibrated[k] for k in DESCRIPTOR_NAMES] for p in predictions], float)
     gp_conditions, gp_values = gp_examples(table, predictor.surrogate.lab_descriptors, predictor.surrogate.config)
-    gp_cv = cross_validated_gp(predictor.surrogate.schema.encode(gp_conditions), gp_values, chosen, seed=seed,
-                               hyperparameters=predictor.training_gp().state())
+    gp_cv = cross_validated_gp(predictor.surrogate.gp_inputs(gp_conditions), gp_values, chosen, seed=seed,
+                               hyperparameters=predictor.training_gp().state(),
+                               input_columns=predictor.surrogate.gp_input_columns())
     steps = predictor.steps or predictor.surrogate.config.sampling_steps
     return fit_descriptor_stack(generated, gp_cv, simulated[chosen], steps, n_images)

@@ -28,7 +28,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
 from models.checkpointing import atomic_write
 from models.precision import bfloat16_autocast, resolve_bfloat16
 from models.surrogate.conditioning import ConditionEncoder, ConditionSchema, warn_if_out_of_domain
-from models.surrogate.descriptors import LAB_DESCRIPTORS_FILE, TRAINING_DESCRIPTORS_FILE
+from models.surrogate.descriptors import DESCRIPTOR_NAMES, LAB_DESCRIPTORS_FILE, TRAINING_DESCRIPTORS_FILE
 
 MAGNIFICATIONS = ("low", "high")
 CONFIG_FILE = "surrogate.json"
@@ -83,6 +83,11 @@ class SurrogateConfig:
     descriptor_stacks : list of dict
         :class:`~models.surrogate.stacking.DescriptorStack` configs, one per sampler setting: generated
         descriptors stacked with a GP on the training set's descriptors (what screening predicts; empty = none).
+    gp_log_ratios : dict of str to list of [str, str]
+        ``{descriptor: [[numerator, denominator], ...]}``: log ratios of two conditions that a descriptor's
+        training-set GP takes as more inputs beside the encoded conditions (``{"texture": [["naoh_wt_pct",
+        "nh4oh_wt_pct"]]}``: the NaOH/NH4OH ratio, which an ARD kernel on the two loadings can follow only with
+        short length scales on both); empty = the encoded conditions alone.
     """
 
     conditions: list[dict]
@@ -102,6 +107,7 @@ class SurrogateConfig:
     d50_calibration: list[float] = field(default_factory=lambda: [0.0, 1.0])
     generation_calibration: dict = field(default_factory=dict)
     descriptor_stacks: list[dict] = field(default_factory=list)
+    gp_log_ratios: dict[str, list[list[str]]] = field(default_factory=dict)
 
     @property
     def schema(self) -> ConditionSchema:
@@ -195,6 +201,30 @@ class LatentDiffusionSurrogate:
         """``n x (d + 2)``: encoded conditions and the magnification one-hot."""
         return np.concatenate([self.schema.encode(conditions), magnification_onehot(magnification, len(conditions))],
                               axis=1)
+
+    def gp_log_ratio_pairs(self) -> list[list[str]]:
+        """Every log ratio some descriptor's GP takes, each once, in order of appearance."""
+        pairs: list[list[str]] = []
+        for descriptor_pairs in self.config.gp_log_ratios.values():
+            pairs += [list(p) for p in descriptor_pairs if list(p) not in pairs]
+        return pairs
+
+    def gp_inputs(self, conditions: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """What the training-set GP takes: the encoded conditions, then the log ratios of
+        :meth:`gp_log_ratio_pairs` (each descriptor's GP reads its own columns, :meth:`gp_input_columns`)."""
+        encoded = self.schema.encode(conditions)
+        pairs = self.gp_log_ratio_pairs()
+        return np.concatenate([encoded, self.schema.encode_log_ratios(conditions, pairs)], axis=1) if pairs \
+            else encoded
+
+    def gp_input_columns(self) -> list[list[int]] | None:
+        """Per descriptor (:data:`DESCRIPTOR_NAMES` order), the columns of :meth:`gp_inputs` its GP reads; None
+        when every GP reads them all."""
+        if not self.config.gp_log_ratios:
+            return None
+        pairs, dim = self.gp_log_ratio_pairs(), self.schema.dim
+        return [list(range(dim)) + [dim + pairs.index(list(p)) for p in self.config.gp_log_ratios.get(name, [])]
+                for name in DESCRIPTOR_NAMES]
 
     def domain_distances(self, conditions: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Distance of each condition to the training design (warns when outside it)."""

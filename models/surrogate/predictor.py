@@ -87,8 +87,9 @@ class SurrogatePredictor:
             if self.surrogate.training_descriptors is None:
                 raise ValueError("this surrogate has no training descriptors (training_descriptors.json)")
             conditions, values = self.training_examples()
-            self._training_gp = TrainingSetGP(self.surrogate.schema.encode(conditions), values,
-                                              state=self.surrogate.training_gp_state)
+            self._training_gp = TrainingSetGP(self.surrogate.gp_inputs(conditions), values,
+                                              state=self.surrogate.training_gp_state,
+                                              input_columns=self.surrogate.gp_input_columns())
             self.surrogate.training_gp_state = self._training_gp.state()
         return self._training_gp
 
@@ -141,7 +142,7 @@ class SurrogatePredictor:
         stack = self.descriptor_stack(n_images) if generation_calibration and len(raws) else None
         stacked = uncertainty = None
         if stack is not None:
-            gp_mean, gp_std = self.training_gp().posterior(self.surrogate.schema.encode(conditions))
+            gp_mean, gp_std = self.training_gp().posterior(self.surrogate.gp_inputs(conditions))
             stacked, uncertainty = stack.apply(raw_array, gp_mean), stack.uncertainty(gp_std)
         out = []
         for i, cond in enumerate(conditions):

@@ -200,6 +200,53 @@ def test_measure_training_reproduces_the_samples_and_measures_them_as_the_lab_do
     assert result.exit_code == 2 and "another --seed" in result.stderr
 
 
+def test_fit_gp_fits_new_hyperparameters_with_a_log_ratio_input(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from models.surrogate.predictor import SurrogatePredictor
+
+    model = tmp_path / "m"
+    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("report", "lab_descriptors.json"))
+    training = json.loads((model / "training_descriptors.json").read_text())
+    (model / "training_descriptors.json").write_text(json.dumps(training[:40]))
+    config_before = (model / "surrogate.json").read_text()
+    for bad, words in ((["texture:ph"], "DESCRIPTOR:NUMERATOR/DENOMINATOR"), (["ph/time_min"], "DESCRIPTOR:"),
+                       (["texture:atmosphere/ph"], "two continuous conditions"),
+                       (["colour:ph/time_min"], "unknown descriptor")):
+        result = invoke("surrogate", "fit-gp", "--model", model, "--log-ratio", *bad)
+        assert result.exit_code == 2 and words in result.stderr
+    assert (model / "surrogate.json").read_text() == config_before  # refused before anything was rewritten
+
+    result = invoke("surrogate", "fit-gp", "--model", model, "--fit-rows", 20, "--log-ratio",
+                    "texture:naoh_wt_pct/nh4oh_wt_pct", "--no-restack", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["n_samples"] == 40 and summary["fit_rows"] == 20 and summary["stacks"] == []
+    assert summary["gp_log_ratios"] == {"texture": [["naoh_wt_pct", "nh4oh_wt_pct"]]}
+    assert set(summary["gp_cv_r2"]) == set(DESCRIPTOR_NAMES)
+    loaded = LatentDiffusionSurrogate.from_pretrained(model)
+    assert loaded.config.gp_log_ratios == {"texture": [["naoh_wt_pct", "nh4oh_wt_pct"]]}
+    state = load_file(str(model / "training_gp.safetensors"))
+    texture = DESCRIPTOR_NAMES.index("texture")  # only texture's GP reads the ratio
+    assert state[f"{texture}.covar_module.raw_lengthscale"].shape[-1] == loaded.schema.dim + 1
+    assert state["0.covar_module.raw_lengthscale"].shape[-1] == loaded.schema.dim
+    # a fresh process predicts with the saved GP on the new inputs
+    predictor = SurrogatePredictor(loaded)
+    gp = predictor.training_gp()
+    assert gp.input_columns[texture] == list(range(loaded.schema.dim + 1))
+    mean, _ = gp.posterior(loaded.gp_inputs([dict(DEFAULT_CONDITIONS)]))
+    assert 2.0 <= mean[0, 0] <= 7.5 and 0.0 <= mean[0, texture] <= 1.0
+
+    result = invoke("surrogate", "fit-gp", "--model", model, "--fit-rows", 20, "--log-ratio", "none",
+                    "--no-restack")
+    assert result.exit_code == 0, result.stderr
+    assert LatentDiffusionSurrogate.from_pretrained(model).config.gp_log_ratios == {}
+    state = load_file(str(model / "training_gp.safetensors"))
+    assert state[f"{texture}.covar_module.raw_lengthscale"].shape[-1] == loaded.schema.dim
+
+
 def test_measure_lab_adds_samples_that_continue_its_design_and_the_gp_learns_from_them(tmp_path):
     import shutil
 

@@ -48,6 +48,24 @@ def test_schema_encodes_ranges_to_unit_interval_and_one_hot():
     np.testing.assert_allclose(enc[1], [0, -1, 1, 0, 0], atol=1e-6)
 
 
+def test_schema_encodes_log_ratios_over_the_range_their_conditions_allow():
+    schema = ConditionSchema(SCHEMA)
+    extremes = [{"ph": 9.5, "time_min": 1440.0, "atmosphere": "n2"}, {"ph": 11.5, "time_min": 30.0, "atmosphere": "n2"},
+                {"ph": 10.0, "time_min": 100.0, "atmosphere": "n2"}]
+    out = schema.encode_log_ratios(extremes, [["ph", "time_min"]])
+    assert out.shape == (3, 1)
+    lo, hi = np.log(9.5 / 1440), np.log(11.5 / 30)
+    np.testing.assert_allclose(out[:, 0], [-1, 1, 2 * (np.log(10 / 100) - lo) / (hi - lo) - 1], atol=1e-6)
+    for pair in (["ph"], ["ph", "atmosphere"], ["ph", "colour"]):
+        with pytest.raises(ValueError, match="two continuous conditions"):
+            schema.encode_log_ratios(extremes, [pair])
+    model = LatentDiffusionSurrogate(tiny_config(gp_log_ratios={"texture": [["ph", "time_min"]],
+                                                                "d50_um": [["ph", "time_min"]]}))
+    np.testing.assert_allclose(model.gp_inputs(extremes), np.column_stack([schema.encode(extremes), out]))
+    columns = model.gp_input_columns()  # DESCRIPTOR_NAMES order: d50, sphericity mean and std, texture
+    assert columns == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]]
+
+
 @pytest.mark.parametrize("bad, words", [
     ({"ph": 10.0, "atmosphere": "n2"}, ["missing", "time_min"]),
     ({"ph": 10.0, "time_min": 60.0, "atmosphere": "n2", "colour": 1}, ["unknown", "colour"]),

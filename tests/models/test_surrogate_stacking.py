@@ -70,6 +70,20 @@ def test_cross_validated_gp_is_held_out_and_still_predicts():
         assert np.abs(cv[:, j] - y[rows, j]).mean() > np.abs(in_sample[:, j] - y[rows, j]).mean()
 
 
+def test_gp_fitted_on_a_subset_conditions_on_every_row():
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (60, 2))
+    y = _smooth(x) + rng.normal(0, 0.01, (60, 4))
+    full, part = TrainingSetGP(x, y), TrainingSetGP(x, y, fit_rows=20)
+    for j in (0, 3):
+        assert part.models[j].train_inputs[0].shape[0] == 60
+        assert not np.allclose(part.state()[f"{j}.covar_module.raw_lengthscale"],
+                               full.state()[f"{j}.covar_module.raw_lengthscale"])
+        # conditioned on all 60 rows: close to the data at every row, not only the 20 it was fitted on
+        assert np.abs(part.predict(x)[:, j] - y[:, j]).max() < 0.1
+    assert TrainingSetGP(x, y, fit_rows=100).state().keys() == full.state().keys()
+
+
 def test_gp_leaves_nan_targets_out_and_reports_nan_without_data():
     x = np.random.default_rng(2).uniform(-1, 1, (20, 2))
     y = _smooth(x)
