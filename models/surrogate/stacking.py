@@ -79,7 +79,8 @@ class TrainingSetGP:
             raise ValueError(f"train_x must be n x d and train_y n x m, got {tuple(x_all.shape)}, "
                              f"{tuple(y_all.shape)}")
         if input_columns is not None and len(input_columns) != y_all.shape[1]:
-            raise ValueError(f"input_columns needs one list per descriptor ({y_all.shape[1]}), got {len(input_columns)}")
+            raise ValueError(f"input_columns needs one list per descriptor ({y_all.shape[1]}), "
+                             f"got {len(input_columns)}")
         self.width = int(x_all.shape[1])
         self.input_columns = [list(range(self.width)) if input_columns is None else [int(c) for c in input_columns[j]]
                               for j in range(y_all.shape[1])]
