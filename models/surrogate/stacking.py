@@ -38,8 +38,9 @@ from models.surrogate.fidelity import r2_score
 #: Folds of the cross-validated GP predictions a stack is fitted on.
 CV_FOLDS = 5
 #: Significance level of the F test that keeps a stack's image term (:func:`fit_stack_weights`). On the shipped
-#: model's 160 stacking conditions at 6 steps x 2 tiles, D50's image term (least-squares weight 0.026) has
-#: p = 0.43 and is dropped, texture's (0.13) p = 0.037 and is kept; at 10 steps texture's has p = 0.088.
+#: model's 160 stacking conditions at 6 steps x 2 tiles, with its GP of session 15 D50's image term (least-squares
+#: weight 0.026) had p = 0.43, texture's (0.13) p = 0.037; with the GP that reads the NaOH/NH4OH ratio texture's
+#: (0.063) has p = 0.18, so every descriptor now comes from the GP alone.
 IMAGE_TERM_ALPHA = 0.05
 
 
