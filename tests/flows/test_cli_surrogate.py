@@ -173,14 +173,21 @@ def test_shipped_model_is_small_and_pickle_free():
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
 
 
-def test_measure_training_reproduces_the_samples_and_measures_them_as_the_lab_does(tmp_path):
+def _small_copy_of_shipped_model(tmp_path, n_training: int):
+    """The shipped model copied to ``tmp_path / "m"`` without its lab samples and with its first ``n_training``
+    training samples (the GP refits on those in seconds, not on thousands in minutes); also returns the shipped
+    training rows."""
     import shutil
 
     model = tmp_path / "m"
-    # without the shipped lab samples: the GP is refitted on 3 samples, not on a thousand (minutes)
     shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("report", "lab_descriptors.json"))
     shipped = json.loads((model / "training_descriptors.json").read_text())
-    (model / "training_descriptors.json").write_text(json.dumps(shipped[:3]))
+    (model / "training_descriptors.json").write_text(json.dumps(shipped[:n_training]))
+    return model, shipped
+
+
+def test_measure_training_reproduces_the_samples_and_measures_them_as_the_lab_does(tmp_path):
+    model, shipped = _small_copy_of_shipped_model(tmp_path, 3)
     gp_before = (model / "training_gp.safetensors").read_bytes()
     result = invoke("surrogate", "measure-training", "--model", model, "--workers", 1, "--no-restack", "--json")
     assert result.exit_code == 0, result.stderr
@@ -201,16 +208,11 @@ def test_measure_training_reproduces_the_samples_and_measures_them_as_the_lab_do
 
 
 def test_fit_gp_fits_new_hyperparameters_with_a_log_ratio_input(tmp_path):
-    import shutil
-
     from safetensors.torch import load_file
 
     from models.surrogate.predictor import SurrogatePredictor
 
-    model = tmp_path / "m"
-    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("report", "lab_descriptors.json"))
-    training = json.loads((model / "training_descriptors.json").read_text())
-    (model / "training_descriptors.json").write_text(json.dumps(training[:40]))
+    model, _ = _small_copy_of_shipped_model(tmp_path, 40)
     config_before = (model / "surrogate.json").read_text()
     for bad, words in ((["texture:ph"], "DESCRIPTOR:NUMERATOR/DENOMINATOR"), (["ph/time_min"], "DESCRIPTOR:"),
                        (["texture:atmosphere/ph"], "two continuous conditions"),
@@ -248,17 +250,12 @@ def test_fit_gp_fits_new_hyperparameters_with_a_log_ratio_input(tmp_path):
 
 
 def test_measure_lab_adds_samples_that_continue_its_design_and_the_gp_learns_from_them(tmp_path):
-    import shutil
-
     from flows.surrogate_data import lab_design, lab_sample_seed
     from models.surrogate.predictor import SurrogatePredictor
 
-    model = tmp_path / "m"
-    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("report", "lab_descriptors.json"))
+    model, _ = _small_copy_of_shipped_model(tmp_path, 10)
     shipped = json.loads((DEFAULT_MODEL_DIR / "lab_descriptors.json").read_text())
     assert len(shipped) >= 960
-    training = json.loads((model / "training_descriptors.json").read_text())
-    (model / "training_descriptors.json").write_text(json.dumps(training[:10]))
     gp_before = (model / "training_gp.safetensors").read_bytes()
     result = invoke("surrogate", "measure-lab", "--model", model, "--n", 2, "--workers", 1, "--no-restack", "--json")
     assert result.exit_code == 0, result.stderr
