@@ -208,12 +208,12 @@ def fit_gp(model_dir: str | Path, fit_rows: int | None = None,
         model.config.gp_log_ratios = ratios
         model.save_config(model_dir)
     gp = _refit_gp(model_dir, model, fit_rows=fit_rows)
-    summary = {"n_samples": int(len(gp_examples_of(model)[0])), "fit_rows": fit_rows,
+    summary = {"n_samples": int(len(_gp_examples_of(model)[0])), "fit_rows": fit_rows,
                "gp_log_ratios": model.config.gp_log_ratios, "gp_cv_r2": _gp_cv_r2(model, gp)}
     return {**summary, "stacks": _restack(model_dir, model) if restack else []}
 
 
-def gp_examples_of(model: LatentDiffusionSurrogate) -> tuple[list[dict], np.ndarray]:
+def _gp_examples_of(model: LatentDiffusionSurrogate) -> tuple[list[dict], np.ndarray]:
     """The conditions and measured descriptors ``model``'s training-set GP learns from."""
     from models.surrogate.calibration import gp_examples
 
@@ -225,7 +225,7 @@ def _gp_cv_r2(model: LatentDiffusionSurrogate, gp) -> dict[str, float]:
     from models.surrogate.fidelity import r2_score
     from models.surrogate.stacking import cross_validated_gp
 
-    conditions, values = gp_examples_of(model)
+    conditions, values = _gp_examples_of(model)
     cv = cross_validated_gp(model.gp_inputs(conditions), values, np.arange(len(conditions)),
                             hyperparameters=gp.state(), input_columns=model.gp_input_columns())
     return {k: r2_score(values[np.isfinite(values[:, j]), j], cv[np.isfinite(values[:, j]), j])
@@ -242,7 +242,7 @@ def _refit_gp(model_dir: Path, model: LatentDiffusionSurrogate, keep_hyperparame
     # the saved GP was fitted on other values: its outcome scaling (and, refitted, its hyperparameters) go
     model.training_gp_state = hyperparameters_only(model.training_gp_state) if keep_hyperparameters else None
     (model_dir / TRAINING_GP_FILE).unlink(missing_ok=True)
-    conditions, values = gp_examples_of(model)
+    conditions, values = _gp_examples_of(model)
     gp = TrainingSetGP(model.gp_inputs(conditions), values, state=model.training_gp_state, fit_rows=fit_rows,
                        input_columns=model.gp_input_columns())
     model.training_gp_state = gp.state()
