@@ -194,6 +194,8 @@ def fit_gp(model_dir: str | Path, fit_rows: int | None = None,
     ``log_ratios`` as extra inputs when given (:attr:`~models.surrogate.model.SurrogateConfig.gp_log_ratios`;
     None keeps the model's). Saves the GP and config, (``restack``) refits every descriptor stack, and returns
     the GP's 5-fold cross-validated R² on all its samples and the stacks."""
+    from models.surrogate.predictor import SurrogatePredictor
+
     model_dir = Path(model_dir)
     model = LatentDiffusionSurrogate.from_pretrained(model_dir)
     if model.training_descriptors is None:
@@ -208,24 +210,18 @@ def fit_gp(model_dir: str | Path, fit_rows: int | None = None,
         model.config.gp_log_ratios = ratios
         model.save_config(model_dir)
     gp = _refit_gp(model_dir, model, fit_rows=fit_rows)
-    summary = {"n_samples": int(len(_gp_examples_of(model)[0])), "fit_rows": fit_rows,
+    summary = {"n_samples": int(len(SurrogatePredictor(model).training_examples()[0])), "fit_rows": fit_rows,
                "gp_log_ratios": model.config.gp_log_ratios, "gp_cv_r2": _gp_cv_r2(model, gp)}
     return {**summary, "stacks": _restack(model_dir, model) if restack else []}
-
-
-def _gp_examples_of(model: LatentDiffusionSurrogate) -> tuple[list[dict], np.ndarray]:
-    """The conditions and measured descriptors ``model``'s training-set GP learns from."""
-    from models.surrogate.calibration import gp_examples
-
-    return gp_examples(model.training_descriptors, model.lab_descriptors, model.config)
 
 
 def _gp_cv_r2(model: LatentDiffusionSurrogate, gp) -> dict[str, float]:
     """5-fold cross-validated R² of ``model``'s training-set GP on all its samples (its hyperparameters kept)."""
     from models.surrogate.fidelity import r2_score
+    from models.surrogate.predictor import SurrogatePredictor
     from models.surrogate.stacking import cross_validated_gp
 
-    conditions, values = _gp_examples_of(model)
+    conditions, values = SurrogatePredictor(model).training_examples()
     cv = cross_validated_gp(model.gp_inputs(conditions), values, np.arange(len(conditions)),
                             hyperparameters=gp.state(), input_columns=model.gp_input_columns())
     return {k: r2_score(values[np.isfinite(values[:, j]), j], cv[np.isfinite(values[:, j]), j])
@@ -237,15 +233,13 @@ def _refit_gp(model_dir: Path, model: LatentDiffusionSurrogate, keep_hyperparame
     """Refit and save ``model``'s training-set GP on what it now holds (``keep_hyperparameters``: condition on it
     with the saved GP's hyperparameters; else fit them, on ``fit_rows`` samples when given); returns it."""
     from models.surrogate.model import TRAINING_GP_FILE
-    from models.surrogate.stacking import TrainingSetGP, hyperparameters_only
+    from models.surrogate.predictor import SurrogatePredictor
+    from models.surrogate.stacking import hyperparameters_only
 
     # the saved GP was fitted on other values: its outcome scaling (and, refitted, its hyperparameters) go
     model.training_gp_state = hyperparameters_only(model.training_gp_state) if keep_hyperparameters else None
     (model_dir / TRAINING_GP_FILE).unlink(missing_ok=True)
-    conditions, values = _gp_examples_of(model)
-    gp = TrainingSetGP(model.gp_inputs(conditions), values, state=model.training_gp_state, fit_rows=fit_rows,
-                       input_columns=model.gp_input_columns())
-    model.training_gp_state = gp.state()
+    gp = SurrogatePredictor(model).training_gp(fit_rows=fit_rows)
     model.save_training_gp(model_dir)
     return gp
 

@@ -142,7 +142,7 @@ def fit_stack_on_training(predictor: SurrogatePredictor, n_conditions: int = 160
     predictions = predictor.predict([conditions[i] for i in chosen], n_images=n_images, seed=seed,
                                     generation_calibration=False)
     generated = np.array([[p.uncalibrated[k] for k in DESCRIPTOR_NAMES] for p in predictions], float)
-    gp_conditions, gp_values = gp_examples(table, predictor.surrogate.lab_descriptors, predictor.surrogate.config)
+    gp_conditions, gp_values = predictor.training_examples()
     gp_cv = cross_validated_gp(predictor.surrogate.gp_inputs(gp_conditions), gp_values, chosen, seed=seed,
                                hyperparameters=predictor.training_gp().state(),
                                input_columns=predictor.surrogate.gp_input_columns())

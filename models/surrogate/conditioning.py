@@ -110,18 +110,20 @@ class ConditionSchema:
         """``n x len(ratios)``: ``log(numerator / denominator)`` of each ``[numerator, denominator]`` pair of
         continuous conditions, mapped onto [-1, 1] over the range the two conditions' ranges allow."""
         specs = {s.name: s for s in self.specs}
-        out = np.zeros((len(conditions), len(ratios)), np.float32)
-        for k, pair in enumerate(ratios):
+        ranges = []
+        for pair in ratios:
             if len(pair) != 2 or any(n not in specs or specs[n].kind != "continuous" for n in pair):
                 raise ValueError(f"a log ratio takes two continuous conditions of {', '.join(self.names)}; "
                                  f"got {list(pair)}")
             num, den = specs[pair[0]], specs[pair[1]]
             if num.low <= 0 or den.low <= 0:
                 raise ValueError(f"log ratio {pair[0]}/{pair[1]}: both conditions must be positive")
-            lo, hi = math.log(num.low / den.high), math.log(num.high / den.low)
-            for i, cond in enumerate(conditions):
-                self.check(cond)
-                value = math.log(max(float(cond[pair[0]]), 1e-12) / max(float(cond[pair[1]]), 1e-12))
+            ranges.append((math.log(num.low / den.high), math.log(num.high / den.low)))
+        out = np.zeros((len(conditions), len(ratios)), np.float32)
+        for i, cond in enumerate(conditions):
+            self.check(cond)
+            for k, ((numerator, denominator), (lo, hi)) in enumerate(zip(ratios, ranges)):
+                value = math.log(max(float(cond[numerator]), 1e-12) / max(float(cond[denominator]), 1e-12))
                 out[i, k] = 2.0 * (value - lo) / (hi - lo) - 1.0
         return out
 

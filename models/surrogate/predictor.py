@@ -81,14 +81,15 @@ class SurrogatePredictor:
             return None
         return gp_examples(self.surrogate.training_descriptors, self.surrogate.lab_descriptors, self.surrogate.config)
 
-    def training_gp(self) -> TrainingSetGP:
-        """The GP on the training set's descriptors (the model's shipped fit, else fitted here: a few seconds)."""
+    def training_gp(self, fit_rows: int | None = None) -> TrainingSetGP:
+        """The GP on the training set's descriptors: the model's shipped fit, else fitted here (its
+        hyperparameters on ``fit_rows`` samples when given, :class:`~models.surrogate.stacking.TrainingSetGP`)."""
         if self._training_gp is None:
             if self.surrogate.training_descriptors is None:
                 raise ValueError("this surrogate has no training descriptors (training_descriptors.json)")
             conditions, values = self.training_examples()
             self._training_gp = TrainingSetGP(self.surrogate.gp_inputs(conditions), values,
-                                              state=self.surrogate.training_gp_state,
+                                              state=self.surrogate.training_gp_state, fit_rows=fit_rows,
                                               input_columns=self.surrogate.gp_input_columns())
             self.surrogate.training_gp_state = self._training_gp.state()
         return self._training_gp

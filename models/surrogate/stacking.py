@@ -14,8 +14,9 @@ The screening prediction is therefore a per-descriptor stack (model stacking, Wo
 with ``(a, b, c)`` fitted by non-negative least squares on training conditions, using the GP's *cross-validated*
 predictions there (the GP interpolates its own training points, so in-sample values would give it all the
 weight). Where the images carry information the GP lacks, ``b`` keeps it; where they carry none (an F test at
-:data:`IMAGE_TERM_ALPHA`), ``b`` is 0, the prediction is the GP's and no tile is generated for it. A stack is fitted for one sampler setting (solver steps, tiles per condition),
-since fewer steps and tiles give noisier, differently biased descriptors; a model keeps one stack per setting
+:data:`IMAGE_TERM_ALPHA`), ``b`` is 0, the prediction is the GP's and no tile is generated for it. A stack is
+fitted for one sampler setting (solver steps, tiles per condition), since fewer steps and tiles give noisier,
+differently biased descriptors; a model keeps one stack per setting
 (:attr:`~models.surrogate.model.SurrogateConfig.descriptor_stacks`) and uses the nearest.
 
 The fidelity of the *images* (issue 4's R², ``surrogate report``'s ``surrogate`` row) never includes the stack;
