@@ -10,8 +10,8 @@ import pytest
 
 from loop.objective import Objective, Target
 from loop.predictor import CachedPredictor, Prediction
-from loop.pso import (PSOResult, best_known_conditions, inverse_design, known_starts, rerank_over_seeds, run_pso,
-                      run_random_search)
+from loop.pso import (PSOResult, best_known_conditions, inverse_design, known_starts, pattern_search,
+                      rerank_over_seeds, run_pso, run_random_search)
 from loop.space import SearchSpace
 
 SPACE = SearchSpace.default()
@@ -307,10 +307,14 @@ def test_the_swarm_asks_for_its_targets_descriptors_only_and_design_completes_th
     inner = truth_predictor()
     objective = reachable_objective(inner)
     subset = SubsetPredictor(inner)
-    result = inverse_design(CachedPredictor(subset), objective, SPACE, n_particles=6, iters=3, seed=0)
+    result = inverse_design(CachedPredictor(subset), objective, SPACE, n_particles=6, iters=3, seed=0,
+                            polish_starts=0)
     wanted = sorted(objective.target.keys)
     # three swarm iterations, two re-ranking seeds, then the best one predicted in full
     assert subset.asked == [wanted] * 5 + [None]
+    subset.asked.clear()
+    inverse_design(CachedPredictor(subset), objective, SPACE, n_particles=6, iters=3, seed=0, polish_evaluations=60)
+    assert len(subset.asked) > 6 and subset.asked[:-1] == [wanted] * (len(subset.asked) - 1)  # polls too
     assert math.isfinite(result.best.descriptors["sphericity_std"])
     assert all(math.isnan(c.descriptors["sphericity_std"]) for c in result.candidates[1:])
     # a predictor without the keyword is called as before
@@ -337,3 +341,62 @@ def test_reranking_over_seeds_averages_out_a_lucky_draw(truth_predictor):
                                    for c in cands])
     assert error(ranked) < error(one_seed.candidates)
     assert rerank_over_seeds(inner, objective, [], 2, seeds) == []
+
+
+class QuadraticPredictor:
+    """Noise-free descriptors, each linear in one of pH, NaOH and temperature, equal to the target (4.0, 0.85, 0.5)
+    at ``OPTIMUM`` only: F is a quadratic bowl a pattern search can walk down."""
+
+    OPTIMUM = {"ph": 10.8, "naoh_wt_pct": 0.5, "temperature_c": 45.0}
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def predict(self, conditions, n_images=4, seed=0):
+        self.batch_sizes.append(len(conditions))
+        out = []
+        for c in conditions:
+            u = {k: (c[k] - v) / {"ph": 3.0, "naoh_wt_pct": 2.0, "temperature_c": 40.0}[k]
+                 for k, v in self.OPTIMUM.items()}
+            out.append(Prediction(dict(c), {"d50_um": 4.0 * (1 + u["ph"]), "sphericity_mean": 0.85 * (1 - u["naoh_wt_pct"]),
+                                            "sphericity_std": 0.05, "texture": 0.5 * (1 + u["temperature_c"])}, {}))
+        return out
+
+
+def test_pattern_search_walks_down_a_basin_in_polls_and_keeps_categoricals():
+    predictor = QuadraticPredictor()
+    objective = Objective(Target(4.0, 0.85, 0.5))
+    start = {**KNOWN, "ph": 9.6, "naoh_wt_pct": 1.5, "temperature_c": 30.0, "atmosphere": "air"}
+    result = pattern_search(predictor, objective, SPACE, [start], max_evaluations=400)
+    first = objective(QuadraticPredictor().predict([start])[0].descriptors)[0]
+    assert first > 1.0 and result.best.objective < 0.01 * first and result.best.met
+    best = result.best.conditions
+    assert abs(best["ph"] - 10.8) < 0.05 and abs(best["temperature_c"] - 45.0) < 1.0
+    assert best["atmosphere"] == "air" and all(c.conditions["atmosphere"] == "air" for c in result.candidates)
+    # one start evaluation, then polls of two points per continuous/integer column, within the budget
+    columns = sum(1 for p in SPACE.free if p.width == 1 and type(p).__name__ != "Categorical")
+    assert predictor.batch_sizes[0] == 1 and set(predictor.batch_sizes[1:]) == {2 * columns}
+    assert result.evaluations == 1 + 2 * columns * (len(predictor.batch_sizes) - 1) <= 400
+    assert all(SPACE.is_feasible(c.conditions) for c in result.candidates)
+    # the budget is shared by the starts; none at all evaluates nothing
+    two = pattern_search(QuadraticPredictor(), objective, SPACE, [start, KNOWN], max_evaluations=100, top_k=100)
+    assert two.evaluations <= 100 and len({c.conditions["atmosphere"] for c in two.candidates}) == 2
+    one = pattern_search(QuadraticPredictor(), objective, SPACE, [start, KNOWN], max_evaluations=2 * columns + 1,
+                         top_k=100)
+    assert {c.conditions["atmosphere"] for c in one.candidates} == {"air"}  # no budget for a poll of the second
+    assert pattern_search(QuadraticPredictor(), objective, SPACE, [start], max_evaluations=0).candidates == []
+    with pytest.raises(ValueError, match="max_evaluations"):
+        pattern_search(predictor, objective, SPACE, [start], max_evaluations=-1)
+
+
+def test_design_polishes_the_swarms_best_candidates():
+    objective = Objective(Target(4.0, 0.85, 0.5))
+    swarm_only = inverse_design(QuadraticPredictor(), objective, SPACE, n_particles=6, iters=3, seed=1,
+                                polish_starts=0, rerank_seeds=0)
+    polished = inverse_design(QuadraticPredictor(), objective, SPACE, n_particles=6, iters=3, seed=1,
+                              rerank_seeds=0, polish_evaluations=300)
+    assert polished.best.objective < 0.2 * swarm_only.best.objective
+    assert 0 < polished.extra["polish_evaluations"] <= 300
+    assert polished.evaluations == swarm_only.evaluations + polished.extra["polish_evaluations"]
+    with pytest.raises(ValueError, match="polish_starts"):
+        inverse_design(QuadraticPredictor(), objective, SPACE, n_particles=6, iters=3, polish_starts=-1)
