@@ -61,7 +61,7 @@ from loop.config import DESCRIPTORS  # noqa: E402
 from loop.ledger import Ledger  # noqa: E402
 from loop.objective import Objective, Target  # noqa: E402
 from loop.proposer import propose_batch  # noqa: E402
-from loop.pso import DESIGN_UNCERTAINTY_WEIGHT  # noqa: E402
+from loop.pso import DESIGN_POLISH_STARTS, DESIGN_UNCERTAINTY_WEIGHT  # noqa: E402
 from loop.space import SearchSpace  # noqa: E402
 from models.describe import Describer  # noqa: E402
 
@@ -211,7 +211,7 @@ def _log_residuals(method: str, target: dict, measured: dict) -> None:
 
 
 def run_design(target: dict, seed: int, work: Path, model: str | None, particles: int, iters: int,
-               replicates: int, uncertainty_weight: float) -> int | None:
+               replicates: int, uncertainty_weight: float, polish_starts: int = DESIGN_POLISH_STARTS) -> int | None:
     """``morphloop design``'s search (:func:`loop.pso.inverse_design`) at the campaign's sampler setting, its
     best candidate measured as the mean of ``replicates`` samples: met (1) or not (None)."""
     from loop.predictor import CachedPredictor
@@ -222,7 +222,8 @@ def run_design(target: dict, seed: int, work: Path, model: str | None, particles
     predictor = CachedPredictor(SurrogatePredictor.from_pretrained(model or DEFAULT_MODEL_DIR, steps=6))
     objective = _objective(target)
     result = inverse_design(predictor, objective, SearchSpace.default(), n_particles=particles, iters=iters,
-                            n_images=2, seed=seed, uncertainty_weight=uncertainty_weight)
+                            n_images=2, seed=seed, uncertainty_weight=uncertainty_weight,
+                            polish_starts=polish_starts)
     best = result.best
     print(f"  design: {result.evaluations} evaluations, {result.wall_time_s:.0f} s, predicted "
           + ", ".join(f"{k} {100 * v:+.1f} %" for k, v in best.residuals.items()), file=sys.stderr)
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--design-iters", type=int, default=10)
     parser.add_argument("--design-uncertainty-weight", type=float, default=None,
                         help="Default: design's (loop.pso.DESIGN_UNCERTAINTY_WEIGHT).")
+    parser.add_argument("--design-polish-starts", type=int, default=DESIGN_POLISH_STARTS,
+                        help="Swarm candidates design refines by pattern search (0: the swarm's answer).")
     parser.add_argument("--replicates", type=int, default=3, help="Samples averaged into each target.")
     parser.add_argument("--min-texture", type=float, default=0.2, help="Redraw targets with a lower texture.")
     parser.add_argument("--seed", type=int, default=0)
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
                 n = run_morphloop(target, args.budget, args.batch, args.seed + i, work, args.model)
             elif method == "design":
                 n = run_design(target, args.seed + i, work, args.model, args.design_particles, args.design_iters,
-                               args.replicates, design_weight)
+                               args.replicates, design_weight, args.design_polish_starts)
             elif method == "oracle_mean":
                 n = run_oracle_mean(target, args.seed + i, work, args.replicates)
             elif method == "oracle":

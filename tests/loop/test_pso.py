@@ -358,8 +358,9 @@ class QuadraticPredictor:
         for c in conditions:
             u = {k: (c[k] - v) / {"ph": 3.0, "naoh_wt_pct": 2.0, "temperature_c": 40.0}[k]
                  for k, v in self.OPTIMUM.items()}
-            out.append(Prediction(dict(c), {"d50_um": 4.0 * (1 + u["ph"]), "sphericity_mean": 0.85 * (1 - u["naoh_wt_pct"]),
-                                            "sphericity_std": 0.05, "texture": 0.5 * (1 + u["temperature_c"])}, {}))
+            descriptors = {"d50_um": 4.0 * (1 + u["ph"]), "sphericity_mean": 0.85 * (1 - u["naoh_wt_pct"]),
+                           "sphericity_std": 0.05, "texture": 0.5 * (1 + u["temperature_c"])}
+            out.append(Prediction(dict(c), descriptors, {}))
         return out
 
 
