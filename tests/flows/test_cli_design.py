@@ -44,6 +44,19 @@ def test_numeric_target_gives_lab_conditions_predictions_and_the_best_candidates
     assert run_design(*NUMBERS)["conditions"] == record["conditions"]  # same seed, same answer
 
 
+def test_polish_refines_the_swarms_best_candidate_within_the_swarms_budget():
+    args = (*NUMBERS, "--particles", 2, "--iters", 8, "--n-images", 1, "--steps", 2, "--seed", 3, "--json")
+    runs = {}
+    for polish in (0, 1):
+        result = invoke("design", *args, "--polish", polish)
+        assert result.exit_code == 0, result.stderr
+        runs[polish] = json.loads(result.stdout)
+    assert runs[0]["polish_evaluations"] == 0
+    assert 15 <= runs[1]["polish_evaluations"] <= 16  # the start, then polls of 2 x 7 continuous columns
+    score = {k: r["objective"] + r["uncertainty_cost"] for k, r in runs.items()}
+    assert score[1] < score[0]
+
+
 def test_float32_and_bfloat16_designs_answer_with_the_same_contract():
     full, fast = run_design(*NUMBERS, "--precision", "float32"), run_design(*NUMBERS, "--precision", "bfloat16")
     assert set(fast) == set(full) and set(fast["conditions"]) == set(CONDITIONS)
@@ -71,6 +84,7 @@ def test_reference_image_target_is_described_from_a_low_and_a_high_magnification
     (("--target-d50-um", 3, "--target-sphericity", 1.3, "--target-texture", 0.5), "exceeds 1"),
     ((*NUMBERS, "--particles", 0), "--particles must be at least 1"),
     ((*NUMBERS, "--uncertainty-weight", -1), "--uncertainty-weight must be a finite number >= 0"),
+    ((*NUMBERS, "--polish", -1), "--polish must be a number of candidates >= 0"),
 ])
 def test_bad_targets_and_budgets_exit_2_with_the_fix(args, message):
     result = invoke("design", *args, "--json")

@@ -307,13 +307,13 @@ def test_the_swarm_asks_for_its_targets_descriptors_only_and_design_completes_th
     inner = truth_predictor()
     objective = reachable_objective(inner)
     subset = SubsetPredictor(inner)
-    result = inverse_design(CachedPredictor(subset), objective, SPACE, n_particles=6, iters=3, seed=0,
-                            polish_starts=0)
+    result = inverse_design(CachedPredictor(subset), objective, SPACE, n_particles=6, iters=3, seed=0)
     wanted = sorted(objective.target.keys)
     # three swarm iterations, two re-ranking seeds, then the best one predicted in full
     assert subset.asked == [wanted] * 5 + [None]
     subset.asked.clear()
-    inverse_design(CachedPredictor(subset), objective, SPACE, n_particles=6, iters=3, seed=0, polish_evaluations=60)
+    inverse_design(CachedPredictor(subset), objective, SPACE, n_particles=6, iters=3, seed=0, polish_starts=3,
+                   polish_evaluations=60)
     assert len(subset.asked) > 6 and subset.asked[:-1] == [wanted] * (len(subset.asked) - 1)  # polls too
     assert math.isfinite(result.best.descriptors["sphericity_std"])
     assert all(math.isnan(c.descriptors["sphericity_std"]) for c in result.candidates[1:])
@@ -393,9 +393,9 @@ def test_pattern_search_walks_down_a_basin_in_polls_and_keeps_categoricals():
 def test_design_polishes_the_swarms_best_candidates():
     objective = Objective(Target(4.0, 0.85, 0.5))
     swarm_only = inverse_design(QuadraticPredictor(), objective, SPACE, n_particles=6, iters=3, seed=1,
-                                polish_starts=0, rerank_seeds=0)
+                                rerank_seeds=0)  # polish_starts=0 by default
     polished = inverse_design(QuadraticPredictor(), objective, SPACE, n_particles=6, iters=3, seed=1,
-                              rerank_seeds=0, polish_evaluations=300)
+                              rerank_seeds=0, polish_starts=3, polish_evaluations=300)
     assert polished.best.objective < 0.2 * swarm_only.best.objective
     assert 0 < polished.extra["polish_evaluations"] <= 300
     assert polished.evaluations == swarm_only.evaluations + polished.extra["polish_evaluations"]
