@@ -416,7 +416,8 @@ def pattern_search(predictor: MorphologyPredictor, objective: Objective, space: 
     if isinstance(max_evaluations, bool) or not isinstance(max_evaluations, (int, np.integer)) or max_evaluations < 0:
         raise ValueError(f"max_evaluations must be an integer >= 0, got {max_evaluations!r}")
     t0 = time.perf_counter()
-    evaluator = _Evaluator(predictor, objective, n_images, seed, True, None, None, False, uncertainty_weight)
+    evaluator = _Evaluator(predictor, objective, n_images, seed, batch=True, progress=None, patience=None,
+                           stop_when_met=False, uncertainty_weight=uncertainty_weight)
     columns, col = [], 0
     for p in space.free:
         if p.width == 1 and not isinstance(p, Categorical):

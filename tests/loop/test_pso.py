@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from loop.objective import Objective, Target
+from loop.parameters import Categorical
 from loop.predictor import CachedPredictor, Prediction
 from loop.pso import (PSOResult, best_known_conditions, inverse_design, known_starts, pattern_search,
                       rerank_over_seeds, run_pso, run_random_search)
@@ -375,7 +376,7 @@ def test_pattern_search_walks_down_a_basin_in_polls_and_keeps_categoricals():
     assert abs(best["ph"] - 10.8) < 0.05 and abs(best["temperature_c"] - 45.0) < 1.0
     assert best["atmosphere"] == "air" and all(c.conditions["atmosphere"] == "air" for c in result.candidates)
     # one start evaluation, then polls of two points per continuous/integer column, within the budget
-    columns = sum(1 for p in SPACE.free if p.width == 1 and type(p).__name__ != "Categorical")
+    columns = sum(1 for p in SPACE.free if not isinstance(p, Categorical))
     assert predictor.batch_sizes[0] == 1 and set(predictor.batch_sizes[1:]) == {2 * columns}
     assert result.evaluations == 1 + 2 * columns * (len(predictor.batch_sizes) - 1) <= 400
     assert all(SPACE.is_feasible(c.conditions) for c in result.candidates)
