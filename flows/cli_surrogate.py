@@ -341,6 +341,10 @@ def fit_gp(
         None, "--log-ratio", help="DESCRIPTOR:NUMERATOR/DENOMINATOR: the log ratio of two conditions as one more "
                                   "input of that descriptor's GP, e.g. texture:naoh_wt_pct/nh4oh_wt_pct "
                                   "(repeatable; 'none' for none; default: the model's)."),
+    log_condition: Optional[list[str]] = typer.Option(
+        None, "--log-condition", help="A positive continuous condition every descriptor's GP reads over its "
+                                      "log-range, e.g. time_min (repeatable; 'none' for none; default: the "
+                                      "model's)."),
     restack: bool = typer.Option(True, "--restack/--no-restack", help="Refit the model's descriptor stacks."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
 ) -> None:
@@ -359,10 +363,13 @@ def fit_gp(
                      f"texture:naoh_wt_pct/nh4oh_wt_pct), got {spec!r}")
                 raise typer.Exit(2)
             ratios.setdefault(descriptor, []).append(names)
+    log_conditions = None
+    if log_condition:
+        log_conditions = [] if [c.lower() for c in log_condition] == ["none"] else list(log_condition)
     model_dir = _model_with_training_descriptors(model, "fit the GP of")
     try:
         with _console().status(f"fitting the GP's hyperparameters on {fit_rows} samples per descriptor"):
-            summary = fit(model_dir, fit_rows, ratios, restack)
+            summary = fit(model_dir, fit_rows, ratios, restack, log_conditions)
     except ValueError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2) from exc

@@ -188,12 +188,15 @@ def measure_lab(model_dir: str | Path, n: int, world_seed: int = 0, workers: int
 
 
 def fit_gp(model_dir: str | Path, fit_rows: int | None = None,
-           log_ratios: Mapping[str, Sequence[Sequence[str]]] | None = None, restack: bool = True) -> dict:
+           log_ratios: Mapping[str, Sequence[Sequence[str]]] | None = None, restack: bool = True,
+           log_conditions: Sequence[str] | None = None) -> dict:
     """Fit a saved model's training-set GP again from scratch (new length scales and noise): on ``fit_rows``
     random samples, then conditioned on all (:class:`~models.surrogate.stacking.TrainingSetGP`), with
-    ``log_ratios`` as extra inputs when given (:attr:`~models.surrogate.model.SurrogateConfig.gp_log_ratios`;
-    None keeps the model's). Saves the GP and config, (``restack``) refits every descriptor stack, and returns
-    the GP's 5-fold cross-validated R² on all its samples and the stacks."""
+    ``log_ratios`` as extra inputs when given (:attr:`~models.surrogate.model.SurrogateConfig.gp_log_ratios`)
+    and ``log_conditions`` read over their log-range when given
+    (:attr:`~models.surrogate.model.SurrogateConfig.gp_log_conditions`; None keeps the model's, for both).
+    Saves the GP and config, (``restack``) refits every descriptor stack, and returns the GP's 5-fold
+    cross-validated R² on all its samples and the stacks."""
     from models.surrogate.predictor import SurrogatePredictor
 
     model_dir = Path(model_dir)
@@ -208,10 +211,15 @@ def fit_gp(model_dir: str | Path, fit_rows: int | None = None,
         for pairs in ratios.values():  # a bad pair fails before anything is rewritten
             model.schema.encode_log_ratios([], pairs)
         model.config.gp_log_ratios = ratios
+    if log_conditions is not None:
+        model.schema.with_log_scale(log_conditions)  # a bad name fails before anything is rewritten
+        model.config.gp_log_conditions = list(dict.fromkeys(log_conditions))
+    if log_ratios is not None or log_conditions is not None:
         model.save_config(model_dir)
     gp = _refit_gp(model_dir, model, fit_rows=fit_rows)
     summary = {"n_samples": int(len(SurrogatePredictor(model).training_examples()[0])), "fit_rows": fit_rows,
-               "gp_log_ratios": model.config.gp_log_ratios, "gp_cv_r2": _gp_cv_r2(model, gp)}
+               "gp_log_ratios": model.config.gp_log_ratios, "gp_log_conditions": model.config.gp_log_conditions,
+               "gp_cv_r2": _gp_cv_r2(model, gp)}
     return {**summary, "stacks": _restack(model_dir, model) if restack else []}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -65,6 +65,20 @@ class ConditionSchema:
 
     def to_config(self) -> list[dict]:
         return [{**asdict(s), "choices": list(s.choices)} for s in self.specs]
+
+    def with_log_scale(self, names: Sequence[str]) -> ConditionSchema:
+        """This schema with the continuous conditions ``names`` mapped over their log-range: for positive inputs
+        spanning decades whose effects follow their logarithm (an aging time, a reagent loading)."""
+        specs = {s.name: s for s in self.specs}
+        for name in names:
+            if name not in specs or specs[name].kind != "continuous":
+                continuous = [s.name for s in self.specs if s.kind == "continuous"]
+                raise ValueError(f"log scale: {name!r} is not a continuous condition; choose from "
+                                 f"{', '.join(continuous)}")
+            if specs[name].low <= 0:
+                raise ValueError(f"log scale: {name} must be positive over its range, but it starts at "
+                                 f"{specs[name].low}")
+        return ConditionSchema([replace(s, log=True) if s.name in names else s for s in self.specs])
 
     def check(self, conditions: Mapping[str, Any]) -> None:
         """Raise :class:`ConditionInputError` naming missing, unknown or mistyped fields."""

@@ -88,6 +88,11 @@ class SurrogateConfig:
         training-set GP takes as more inputs beside the encoded conditions (``{"texture": [["naoh_wt_pct",
         "nh4oh_wt_pct"]]}``: the NaOH/NH4OH ratio, which an ARD kernel on the two loadings can follow only with
         short length scales on both); empty = the encoded conditions alone.
+    gp_log_conditions : list of str
+        Continuous conditions the training-set GP reads over their log-range instead of their range (the
+        denoiser's encoding is unchanged): an aging time of 30-1440 min or loadings of 0.05-3 wt% act through
+        their logarithm, which a stationary kernel on the linear scale follows only with short length scales
+        at the low end.
     """
 
     conditions: list[dict]
@@ -108,6 +113,7 @@ class SurrogateConfig:
     generation_calibration: dict = field(default_factory=dict)
     descriptor_stacks: list[dict] = field(default_factory=list)
     gp_log_ratios: dict[str, list[list[str]]] = field(default_factory=dict)
+    gp_log_conditions: list[str] = field(default_factory=list)
 
     @property
     def schema(self) -> ConditionSchema:
@@ -202,6 +208,12 @@ class LatentDiffusionSurrogate:
         return np.concatenate([self.schema.encode(conditions), magnification_onehot(magnification, len(conditions))],
                               axis=1)
 
+    @property
+    def gp_schema(self) -> ConditionSchema:
+        """How the training-set GP encodes conditions: the model's schema with
+        :attr:`SurrogateConfig.gp_log_conditions` over their log-range."""
+        return self.schema.with_log_scale(self.config.gp_log_conditions)
+
     def gp_log_ratio_pairs(self) -> list[list[str]]:
         """Every log ratio some descriptor's GP takes, each once, in order of appearance."""
         pairs: list[list[str]] = []
@@ -212,7 +224,7 @@ class LatentDiffusionSurrogate:
     def gp_inputs(self, conditions: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """What the training-set GP takes: the encoded conditions, then the log ratios of
         :meth:`gp_log_ratio_pairs` (each descriptor's GP reads its own columns, :meth:`gp_input_columns`)."""
-        encoded = self.schema.encode(conditions)
+        encoded = self.gp_schema.encode(conditions)
         pairs = self.gp_log_ratio_pairs()
         return np.concatenate([encoded, self.schema.encode_log_ratios(conditions, pairs)], axis=1) if pairs \
             else encoded

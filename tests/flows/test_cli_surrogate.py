@@ -249,6 +249,35 @@ def test_fit_gp_fits_new_hyperparameters_with_a_log_ratio_input(tmp_path):
     assert state[f"{texture}.covar_module.raw_lengthscale"].shape[-1] == loaded.schema.dim
 
 
+def test_fit_gp_reads_log_conditions_and_refuses_ones_without_a_log_scale(tmp_path):
+    from models.surrogate.predictor import SurrogatePredictor
+
+    model, _ = _small_copy_of_shipped_model(tmp_path, 40)
+    config_before = (model / "surrogate.json").read_text()
+    for bad, words in (("atmosphere", "not a continuous condition"), ("colour", "not a continuous condition"),
+                       ("additive_ppm", "must be positive")):
+        result = invoke("surrogate", "fit-gp", "--model", model, "--log-condition", bad, "--no-restack")
+        assert result.exit_code == 2 and words in result.stderr, result.stderr
+    assert (model / "surrogate.json").read_text() == config_before
+
+    result = invoke("surrogate", "fit-gp", "--model", model, "--fit-rows", 20, "--log-condition", "time_min",
+                    "--log-condition", "nh4oh_wt_pct", "--no-restack", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["gp_log_conditions"] == ["time_min", "nh4oh_wt_pct"]
+    loaded = LatentDiffusionSurrogate.from_pretrained(model)
+    assert loaded.config.gp_log_conditions == ["time_min", "nh4oh_wt_pct"]
+    geometric = {**DEFAULT_CONDITIONS, "time_min": float(np.sqrt(30.0 * 1440.0))}
+    time_column = loaded.schema.names.index("time_min")  # continuous conditions precede the one-hot block
+    assert abs(loaded.gp_inputs([geometric])[0, time_column]) < 1e-6
+    mean, _ = SurrogatePredictor(loaded).training_gp().posterior(loaded.gp_inputs([dict(DEFAULT_CONDITIONS)]))
+    assert 2.0 <= mean[0, 0] <= 7.5
+
+    result = invoke("surrogate", "fit-gp", "--model", model, "--fit-rows", 20, "--log-condition", "none",
+                    "--no-restack")
+    assert result.exit_code == 0, result.stderr
+    assert LatentDiffusionSurrogate.from_pretrained(model).config.gp_log_conditions == []
+
+
 def test_measure_lab_adds_samples_that_continue_its_design_and_the_gp_learns_from_them(tmp_path):
     from flows.surrogate_data import lab_design, lab_sample_seed
     from models.surrogate.predictor import SurrogatePredictor

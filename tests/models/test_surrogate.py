@@ -66,6 +66,24 @@ def test_schema_encodes_log_ratios_over_the_range_their_conditions_allow():
     assert columns == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]]
 
 
+def test_gp_reads_log_conditions_over_their_log_range_while_the_denoiser_keeps_the_linear_scale():
+    linear = [{**spec, "log": False} for spec in SCHEMA]
+    schema = ConditionSchema(linear)
+    conditions = [{"ph": 10.0, "time_min": t, "atmosphere": "n2"} for t in (30.0, float(np.sqrt(30 * 1440)), 1440.0)]
+    logged = schema.with_log_scale(["time_min"]).encode(conditions)
+    np.testing.assert_allclose(logged[:, 1], [-1, 0, 1], atol=1e-6)  # the geometric mid-range maps to 0
+    np.testing.assert_allclose(np.delete(logged, 1, axis=1), np.delete(schema.encode(conditions), 1, axis=1))
+    model = LatentDiffusionSurrogate(SurrogateConfig(**{**vars(tiny_config()), "conditions": linear,
+                                                        "gp_log_conditions": ["time_min"]}))
+    np.testing.assert_allclose(model.gp_inputs(conditions), logged)
+    np.testing.assert_allclose(model.condition_vectors(conditions, "low")[:, :schema.dim], schema.encode(conditions))
+    with pytest.raises(ValueError, match="not a continuous condition; choose from ph, time_min"):
+        schema.with_log_scale(["atmosphere"])
+    with pytest.raises(ValueError, match="must be positive"):
+        ConditionSchema([{"name": "additive", "kind": "continuous", "low": 0.0, "high": 5.0}]).with_log_scale(
+            ["additive"])
+
+
 @pytest.mark.parametrize("bad, words", [
     ({"ph": 10.0, "atmosphere": "n2"}, ["missing", "time_min"]),
     ({"ph": 10.0, "time_min": 60.0, "atmosphere": "n2", "colour": 1}, ["unknown", "colour"]),
