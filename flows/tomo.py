@@ -114,8 +114,8 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     """LQ (bicubic 2×), enhanced and HQ slices over the HQ field, measured with the HQ particle mask.
 
     Using one mask (segmented on the HQ reference) for all three keeps the comparison about the images,
-    not about three segmentations. LQ and enhanced slices also get ``psnr_db`` and ``ssim`` against HQ (after a
-    sub-pixel registration): fidelity, which sharpness and CNR alone do not show (a model can draw crisp,
+    not about three segmentations; the LQ-derived slices are first moved onto HQ by a sub-pixel registration.
+    They also get ``psnr_db`` and ``ssim`` against HQ: fidelity, which sharpness and CNR alone do not show (a model can draw crisp,
     clean particles in the wrong shape). ``by_steps`` measures the enhancement at each number of InDI steps of
     ``steps_sweep`` (N = 1 is plain regression, paper 001's baseline). ``voxel_nm``: the HQ voxel (default: the
     simulated HQ scan's). ``truth``: the noise-free attenuation on the HQ grid, when known (a simulated scan);
@@ -132,8 +132,10 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     data_range = float(hq_reference.max() - hq_reference.min())
 
     def measure(image: np.ndarray) -> dict[str, float]:
+        # HQ's mask and HQ itself judge the slices where HQ sees them: a sub-pixel offset between the scans
+        # would otherwise smear the edge profiles taken along the mask's normals
         moved = np.stack([ndi.shift(s, shift, order=3, mode="nearest") for s in image])
-        return {**quantify(image, mask, voxel), "psnr_db": psnr(moved, hq_reference, data_range),
+        return {**quantify(moved, mask, voxel), "psnr_db": psnr(moved, hq_reference, data_range),
                 "ssim": float(np.mean([ssim(a, b, data_range) for a, b in zip(moved, hq_reference)]))}
 
     by_steps = {n: measure(image) for n, image in enhanced.items()}
