@@ -114,9 +114,10 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     """LQ (bicubic 2×), enhanced and HQ slices over the HQ field, measured with the HQ particle mask.
 
     Using one mask (segmented on the HQ reference) for all three keeps the comparison about the images,
-    not about three segmentations; the LQ-derived slices are first moved onto HQ by a sub-pixel registration.
-    They also get ``psnr_db`` and ``ssim`` against HQ: fidelity, which sharpness and CNR alone do not show (a model can draw crisp,
-    clean particles in the wrong shape). ``by_steps`` measures the enhancement at each number of InDI steps of
+    not about three segmentations; for each LQ-derived stack the mask follows the sub-pixel offset that
+    registration finds between it and HQ (``shift_px``). They also get ``psnr_db`` and ``ssim`` against HQ
+    (moved onto it): fidelity, which sharpness and CNR alone do not show (a model can draw crisp, clean particles
+    in the wrong shape). ``by_steps`` measures the enhancement at each number of InDI steps of
     ``steps_sweep`` (N = 1 is plain regression, paper 001's baseline). ``voxel_nm``: the HQ voxel (default: the
     simulated HQ scan's). ``truth``: the noise-free attenuation on the HQ grid, when known (a simulated scan);
     measured with the same mask it gives the ceiling of these figures: a phantom with cracks, dense phases and a
@@ -127,16 +128,19 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     enhanced = {n: model.enhance(lq_field, steps=n) for n in sorted({*steps_sweep, steps, 1})}
     mask = np.stack([segment_particles(s) for s in hq_reference])
     voxel = HQ.voxel_nm if voxel_nm is None else voxel_nm
-    # fidelity to HQ: the LQ-derived slices moved onto HQ by the (sub-pixel) shift found on the bicubic slices
-    _, shift = register_lq_to_hq(bicubic, hq_reference)
     data_range = float(hq_reference.max() - hq_reference.min())
 
     def measure(image: np.ndarray) -> dict[str, float]:
-        # HQ's mask and HQ itself judge the slices where HQ sees them: a sub-pixel offset between the scans
-        # would otherwise smear the edge profiles taken along the mask's normals
-        moved = np.stack([ndi.shift(s, shift, order=3, mode="nearest") for s in image])
-        return {**quantify(moved, mask, voxel), "psnr_db": psnr(moved, hq_reference, data_range),
-                "ssim": float(np.mean([ssim(a, b, data_range) for a, b in zip(moved, hq_reference)]))}
+        # each LQ-derived stack registered onto HQ on its own (sub-pixel; InDI learnt from a registered pair, so
+        # its output need not keep the bicubic slices' offset): HQ's particles where this stack sees them, since
+        # an offset would smear the edge profiles taken along the mask's normals. The stack itself is measured
+        # unresampled (interpolation would soften it); PSNR and SSIM compare it moved onto HQ.
+        moved, shift = register_lq_to_hq(image, hq_reference)
+        own_mask = np.stack([segment_particles(ndi.shift(s, (-shift[0], -shift[1]), order=3, mode="nearest"))
+                             for s in hq_reference])
+        return {**quantify(image, own_mask, voxel), "psnr_db": psnr(moved, hq_reference, data_range),
+                "ssim": float(np.mean([ssim(a, b, data_range) for a, b in zip(moved, hq_reference)])),
+                "shift_px": [float(shift[0]), float(shift[1])]}
 
     by_steps = {n: measure(image) for n, image in enhanced.items()}
     return {

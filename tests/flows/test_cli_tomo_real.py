@@ -60,11 +60,14 @@ def test_indi_trained_on_one_real_half_enhances_the_unseen_half(held_out, tmp_pa
     r = json.loads(result.stdout)
     lq, enhanced, one_step, hq = r["lq"], r["enhanced"], r["one_step"], r["hq"]
     assert r["resolution_unit"] == "px"
-    # measured at shipping: resolution 2.47 -> 1.68 px (HQ 1.28), SSIM 0.43 -> 0.61, PSNR 25.5 -> 29.5 dB
+    # measured (session 18, HQ's mask aligned to each stack): resolution 2.21 -> 1.18 px (N = 1 1.40, HQ 1.28),
+    # SSIM 0.43 -> 0.62, PSNR 25.5 -> 29.6 dB
     assert enhanced["resolution_px"] < 0.75 * lq["resolution_px"]
     assert enhanced["ssim"] > lq["ssim"] + 0.1 and enhanced["psnr_db"] > lq["psnr_db"] + 2.0
     assert enhanced["cnr"] > lq["cnr"]
     assert enhanced["resolution_px"] < one_step["resolution_px"]  # sharper than plain regression
-    assert hq["resolution_px"] < enhanced["resolution_px"]        # and HQ stays the sharpest
+    # about as sharp as HQ (paper 001 measures InDI slightly sharper: its noise and artefacts are gone), not
+    # sharper than a clean edge can be: that would be drawn, not restored
+    assert 0.8 * hq["resolution_px"] < enhanced["resolution_px"] < 1.2 * hq["resolution_px"]
     assert (tmp_path / "comparison.png").is_file() and (tmp_path / "quality_vs_steps.png").is_file()
 
