@@ -130,7 +130,7 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     voxel = HQ.voxel_nm if voxel_nm is None else voxel_nm
     data_range = float(hq_reference.max() - hq_reference.min())
 
-    def measure(image: np.ndarray) -> dict[str, float]:
+    def measure(image: np.ndarray) -> dict[str, Any]:
         # each LQ-derived stack registered onto HQ on its own (sub-pixel; InDI learnt from a registered pair, so
         # its output need not keep the bicubic slices' offset): HQ's particles where this stack sees them, since
         # an offset would smear the edge profiles taken along the mask's normals. The stack itself is measured
