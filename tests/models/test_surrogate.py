@@ -278,3 +278,34 @@ def test_guidance_can_differ_per_magnification_and_old_configs_still_load(tmp_pa
     assert LatentDiffusionSurrogate.from_pretrained(tmp_path / "m").config.guidance_for("low") == 5.0
     old = SurrogateConfig.from_json({**tiny_config().to_json(), "guidance_scale": 2.0})
     assert old.guidance_for("low") == old.guidance_for("high") == 2.0
+
+
+def test_guidance_interval_guides_only_the_first_steps_with_one_denoiser_pass_after(tmp_path):
+    from models.surrogate.model import guided_steps
+
+    assert [guided_steps(s, 0.4) for s in (1, 4, 6, 10)] == [1, 1, 2, 4] and guided_steps(6, 1.0) == 6
+    torch.manual_seed(0)
+    config = tiny_config(guidance_scale={"low": 4.0, "high": 1.0}, guidance_interval={"low": 0.4, "high": 1.0})
+    config.sampling_steps = 5
+    model = LatentDiffusionSurrogate(config)
+    batches = []
+    unet_forward = model.unet.forward
+    model.unet.forward = lambda x, *a, **k: batches.append(len(x)) or unet_forward(x, *a, **k)
+    limited = model.generate(CONDS[:3], "low", 2, seed=4)
+    assert batches == [12, 12, 6, 6, 6]  # 3 conditions x 2 tiles: guided steps run them with the null condition
+    batches.clear()
+    every = model.generate(CONDS[:3], "low", 2, seed=4, guidance_interval=1.0)
+    assert batches == [12] * 5 and np.abs(limited - every).max() > 1e-4
+    batches.clear()
+    model.generate(CONDS[:3], "high", 2, seed=4)  # guidance 1: a single pass whatever the interval
+    assert batches == [6] * 5
+    np.testing.assert_array_equal(limited, model.generate(CONDS[:3], "low", 2, seed=4, guidance_interval=0.4))
+    model.save_pretrained(tmp_path / "m")
+    loaded = LatentDiffusionSurrogate.from_pretrained(tmp_path / "m")
+    assert loaded.config.guidance_interval_for("low") == 0.4
+    np.testing.assert_array_equal(limited, loaded.generate(CONDS[:3], "low", 2, seed=4))
+    assert SurrogateConfig.from_json({k: v for k, v in tiny_config().to_json().items()
+                                      if k != "guidance_interval"}).guidance_interval_for("low") == 1.0
+    for bad in (0.0, 1.5, float("nan"), "half"):
+        with pytest.raises(ValueError, match=r"guidance_interval must be a share of the solver steps in \(0, 1\]"):
+            model.generate(CONDS[:1], "low", 1, seed=0, guidance_interval=bad)
