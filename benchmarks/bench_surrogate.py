@@ -45,6 +45,13 @@ def random_conditions(predictor: SurrogatePredictor, n: int, seed: int = 5) -> l
     return out
 
 
+def warmed(predictor: SurrogatePredictor, conditions: list[dict]) -> SurrogatePredictor:
+    """``predictor`` after one prediction: one-time costs (the stack's GP factorisation, 7 s with 3200 samples;
+    first kernels) stay out of the timings."""
+    predictor.predict(conditions[:1], n_images=1)
+    return predictor
+
+
 def screen(predictor: SurrogatePredictor, conditions: list[dict], n: int, per_condition: bool) -> dict:
     t0 = time.perf_counter()
     if per_condition:
@@ -80,16 +87,14 @@ def main() -> None:
         for steps in args.steps:
             predictor = SurrogatePredictor.from_pretrained(args.model, steps=steps, precision=precision)
             conditions = random_conditions(predictor, args.conditions)
-            # one-time costs out of the timings: the stack's GP factorisation (7 s with 3200 samples), first kernels
-            predictor.predict(conditions[:1], n_images=1)
+            warmed(predictor, conditions)
             batched = screen(predictor, conditions, args.n, per_condition=False)
             single = screen(predictor, conditions[: max(4, args.conditions // 4)], args.n, per_condition=True)
             row = {"precision": precision, "steps": steps, "batched": batched, "one_at_a_time": single,
                    "speedup": batched["conditions_per_s"] / single["conditions_per_s"]}
             if baseline is not None:
-                base_predictor = SurrogatePredictor(baseline, steps=steps, precision=precision)
-                base_predictor.predict(conditions[:1], n_images=1)
-                base = screen(base_predictor, conditions, args.n, per_condition=False)
+                base = screen(warmed(SurrogatePredictor(baseline, steps=steps, precision=precision), conditions),
+                              conditions, args.n, per_condition=False)
                 row["baseline"] = base
                 row["over_baseline"] = batched["conditions_per_s"] / base["conditions_per_s"]
             rows.append(row)

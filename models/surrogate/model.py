@@ -333,8 +333,8 @@ class LatentDiffusionSurrogate:
             raise ValueError(f"n_per_condition must be >= 1, got {n_per_condition}")
         steps = int(steps or self.config.sampling_steps)
         guidance = self.config.guidance_for(magnification) if guidance_scale is None else float(guidance_scale)
-        interval = (self.config.guidance_interval_for(magnification) if guidance_interval is None
-                    else check_guidance_interval(guidance_interval))
+        n_guided = guided_steps(steps, self.config.guidance_interval_for(magnification) if guidance_interval is None
+                                else guidance_interval)
         for module in (self.vae, self.unet, self.encoder):
             module.eval()
         cond = torch.from_numpy(self.condition_vectors(conditions, magnification))
@@ -348,7 +348,7 @@ class LatentDiffusionSurrogate:
             stop = min(start + batch_size, n_cond * k)
             with bfloat16_autocast(bfloat16):
                 latents = self._denoise(flat_noise[start:stop].clone(), flat_cond[start:stop], steps, guidance,
-                                        guided_steps(steps, interval))
+                                        n_guided)
                 decoded = self.vae.decode(latents / self.config.latent_scale).sample.float()
             tiles[start:stop] = ((decoded[:, 0].clamp(-1, 1) + 1) / 2).numpy()
             if progress is not None:
