@@ -1,6 +1,6 @@
 """InDI on several unseen simulated cells: the issue's bars (resolution >= 2x, CNR >= 3x LQ) cell by cell.
 
-    .venv/bin/python benchmarks/bench_indi_cells.py [--model DIR] [--cells 7 11 23] [--json]
+    .venv/bin/python benchmarks/bench_indi_cells.py [--model DIR] [--cells 7 11 23] [--steps 8] [--json]
 
 Runs ``morphloop tomo dry-run --cell C --json`` for each cell (about 75 s each on 2 cores) and tabulates, over the
 HQ field (HQ's particle mask) and on the same particles at each state of charge (the enhanced slices' mask), the
@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).with_name("morphloop")
 
 
-def dry_run(cell: int, model: Path | None, work: Path) -> dict:
-    command = [str(CLI), "tomo", "dry-run", "--data-dir", str(work / f"cell{cell}"), "--cell", str(cell), "--json"]
+def dry_run(cell: int, model: Path | None, work: Path, steps: int) -> dict:
+    command = [str(CLI), "tomo", "dry-run", "--data-dir", str(work / f"cell{cell}"), "--cell", str(cell),
+               "--steps", str(steps), "--json"]
     if model is not None:
         command += ["--model", str(model)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -46,14 +47,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="InDI model (default: the shipped one)")
     parser.add_argument("--cells", type=int, nargs="+", default=[7, 11, 23])
+    parser.add_argument("--steps", type=int, default=8, help="InDI sampling steps (the dry run's default: 8)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        rows = {cell: ratios(dry_run(cell, args.model, Path(work))) for cell in args.cells}
+        rows = {cell: ratios(dry_run(cell, args.model, Path(work), args.steps)) for cell in args.cells}
     if args.json:
-        print(json.dumps({"model": str(args.model or "shipped"), "cells": rows}))
+        print(json.dumps({"model": str(args.model or "shipped"), "steps": args.steps, "cells": rows}))
         return
-    print(f"model {args.model or 'shipped'}; bars: resolution >= 2x LQ, CNR >= 3x LQ")
+    print(f"model {args.model or 'shipped'}, {args.steps} steps; bars: resolution >= 2x LQ, CNR >= 3x LQ")
     print(f"{'cell':>4} {'where':>18} {'res x':>6} {'CNR x':>6} {'< N=1':>6} {'phantom':>8}")
     for cell, r in rows.items():
         f = r["hq_field"]

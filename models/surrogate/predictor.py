@@ -14,7 +14,7 @@ import numpy as np
 
 from models.surrogate.calibration import apply_generation_calibration, gp_examples
 from models.surrogate.descriptors import DESCRIPTOR_NAMES, describe_high_tiles, describe_low_tiles
-from models.surrogate.model import LatentDiffusionSurrogate
+from models.surrogate.model import DECODE_BATCH, LatentDiffusionSurrogate
 from models.precision import resolve_bfloat16
 from models.surrogate.stacking import DescriptorStack, TrainingSetGP, nearest_stack
 
@@ -58,10 +58,13 @@ class SurrogatePredictor:
 
     def __init__(self, surrogate: LatentDiffusionSurrogate, steps: int | None = None,
                  guidance_scale: float | None = None, batch_size: int = 64, stack: bool = True,
-                 precision: str | bool = "auto"):
+                 precision: str | bool = "auto", decode_batch: int = DECODE_BATCH):
         resolve_bfloat16(precision)  # a bad value fails here, not in the first prediction
+        if decode_batch < 1:
+            raise ValueError(f"decode_batch must be >= 1, got {decode_batch}")
         self.surrogate = surrogate
         self.steps, self.guidance_scale, self.batch_size = steps, guidance_scale, batch_size
+        self.decode_batch = decode_batch
         self.stack, self.precision = stack, precision
         self._training_gp: TrainingSetGP | None = None
 
@@ -114,7 +117,8 @@ class SurrogatePredictor:
         """``{"low": n x k x H x W, "high": n x k x H x W}`` (the ``magnifications`` asked for)."""
         return {mag: self.surrogate.generate(conditions, mag, n_images, seed, steps=self.steps,
                                              guidance_scale=self.guidance_scale, batch_size=self.batch_size,
-                                             progress=progress, precision=self.precision)
+                                             progress=progress, precision=self.precision,
+                                             decode_batch=self.decode_batch)
                 for mag in magnifications}
 
     def describe(self, conditions: Sequence[Mapping[str, Any]], tiles: dict[str, np.ndarray],

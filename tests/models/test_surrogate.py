@@ -148,6 +148,30 @@ def test_bfloat16_sampling_is_deterministic_close_to_float32_and_auto_follows_th
         SurrogatePredictor(model, precision="half")
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_decoding_in_smaller_calls_gives_the_same_tiles(precision):
+    from models.surrogate.predictor import SurrogatePredictor
+
+    torch.manual_seed(0)
+    model = LatentDiffusionSurrogate(tiny_config())
+    calls = []
+    decode = model.vae.decode
+    model.vae.decode = lambda z, **k: calls.append(len(z)) or decode(z, **k)
+    whole = model.generate(CONDS[:5], "low", 2, seed=3, precision=precision, decode_batch=64)
+    assert calls == [10]
+    calls.clear()
+    chunked = model.generate(CONDS[:5], "low", 2, seed=3, precision=precision, decode_batch=4)
+    assert calls == [4, 4, 2]
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    calls.clear()
+    model.generate(CONDS[:5], "low", 2, seed=3, precision=precision, decode_batch=4, batch_size=6)
+    assert calls == [4, 2, 4]  # chunks of each denoiser batch (6, then 4)
+    with pytest.raises(ValueError, match="decode_batch must be >= 1"):
+        model.generate(CONDS[:1], "low", 1, decode_batch=0)
+    with pytest.raises(ValueError, match="decode_batch must be >= 1"):
+        SurrogatePredictor(model, decode_batch=0)
+
+
 def test_loading_a_folder_that_is_not_a_model_says_how_to_make_one(tmp_path):
     with pytest.raises(SurrogateModelError, match="surrogate train"):
         LatentDiffusionSurrogate.from_pretrained(tmp_path)
