@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_inverse_design.py [--predictor simulator | --model DIR [--steps S]]
         [--targets 4] [--particles 20] [--iters 20] [--n-images 4] [--bo-init 8] [--bo-q 4] [--bo-rounds 8]
         [--batching-iters N] [--batching-repeats 3] [--paper-budget [--paper-budget-precisions]
-        [--paper-budget-images]] [--threads 1] [--json]
+        [--paper-budget-images [--images-baseline-decode-batch N]]] [--threads 1] [--json]
 
 Targets are the predictor's own predictions at random feasible conditions with noise seed ``--seed``, and every
 method queries the predictor with that same noise seed, so each target is exactly reachable. Method seeds
@@ -22,7 +22,9 @@ answer up to the last bits of batched kernels), as a wall-time ratio (best of ``
 resident memory (``--paper-budget-precisions``: once with the surrogate sampling in float32 and once under CPU
 bfloat16 autocast, the default where the CPU has bfloat16 instructions; ``--paper-budget-images``: also with
 every descriptor taken from the generated images, no stack, as paper 000's swarm queries its generator: a
-stack whose image terms are all insignificant needs no tiles at all). The simulator fake costs little per
+stack whose image terms are all insignificant needs no tiles at all; ``--images-baseline-decode-batch 64`` runs
+that swarm a second time in the same run with the decoder taking 64 tiles per call, as before it decoded in calls
+of ``DECODE_BATCH``, and reports the ratio). The simulator fake costs little per
 call; ``--call-overhead-ms`` adds a fixed
 cost per call to mimic a model's launch/synchronisation cost (reported, default 0).
 
@@ -212,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                              "autocast (instead of once at the model's default precision), and their ratio")
     parser.add_argument("--paper-budget-images", action="store_true",
                         help="also run the paper's swarm on the generated images' descriptors alone (no stack)")
+    parser.add_argument("--images-baseline-decode-batch", type=int, default=None,
+                        help="with --paper-budget-images: also run it with this many tiles per decoder call")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 was fastest on 2 busy cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")
@@ -254,6 +258,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         images_only = SurrogatePredictor(predictor.surrogate, steps=args.steps, stack=False)
         report["paper_budget_images"] = paper_budget_run(images_only, space, Objective(targets[0]), args)
+        if args.images_baseline_decode_batch:
+            baseline = SurrogatePredictor(predictor.surrogate, steps=args.steps, stack=False,
+                                          decode_batch=args.images_baseline_decode_batch)
+            report["paper_budget_images_baseline"] = paper_budget_run(baseline, space, Objective(targets[0]), args)
+            report["paper_budget_images_baseline"]["decode_batch"] = args.images_baseline_decode_batch
+            report["paper_budget_images"]["baseline_over_this"] = (
+                report["paper_budget_images_baseline"]["wall_time_s"] / report["paper_budget_images"]["wall_time_s"])
     if args.json:
         print(json.dumps(report))
     else:
@@ -277,7 +288,8 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"PSO one predict call per iteration: {b['batched_s']:.3f} s; one per particle: {b['unbatched_s']:.3f} s "
           f"(x{b['unbatched_over_batched']:.2f}; calls {b['predict_calls'][0]} vs {b['predict_calls'][1]}; best-F "
           f"histories differ by {100 * b['history_max_relative_difference']:.2g} % at most)")
-    for key in ("paper_budget", "paper_budget_float32", "paper_budget_bfloat16", "paper_budget_images"):
+    for key in ("paper_budget", "paper_budget_float32", "paper_budget_bfloat16", "paper_budget_images",
+                "paper_budget_images_baseline"):
         if key in report:
             pb = report[key]
             print(f"PSO 40 x 50 to the end, batched and cached{key[len('paper_budget'):].replace('_', ', ')}: "
