@@ -171,6 +171,13 @@ def check_guidance_interval(value: Any) -> float:
     return share
 
 
+def check_decode_batch(value: int) -> int:
+    """``value`` as tiles per decoder call (>= 1), or a ValueError naming it."""
+    if value < 1:
+        raise ValueError(f"decode_batch must be >= 1, got {value}")
+    return int(value)
+
+
 def guided_steps(steps: int, interval: float) -> int:
     """How many of ``steps`` solver steps, from the noisiest, a guidance ``interval`` guides (at least one)."""
     return max(1, int(check_guidance_interval(interval) * steps))
@@ -337,8 +344,7 @@ class LatentDiffusionSurrogate:
         """
         if n_per_condition < 1:
             raise ValueError(f"n_per_condition must be >= 1, got {n_per_condition}")
-        if decode_batch < 1:
-            raise ValueError(f"decode_batch must be >= 1, got {decode_batch}")
+        decode_batch = check_decode_batch(decode_batch)
         steps = int(steps or self.config.sampling_steps)
         guidance = self.config.guidance_for(magnification) if guidance_scale is None else float(guidance_scale)
         n_guided = guided_steps(steps, self.config.guidance_interval_for(magnification) if guidance_interval is None

@@ -14,7 +14,7 @@ import numpy as np
 
 from models.surrogate.calibration import apply_generation_calibration, gp_examples
 from models.surrogate.descriptors import DESCRIPTOR_NAMES, describe_high_tiles, describe_low_tiles
-from models.surrogate.model import DECODE_BATCH, LatentDiffusionSurrogate
+from models.surrogate.model import DECODE_BATCH, LatentDiffusionSurrogate, check_decode_batch
 from models.precision import resolve_bfloat16
 from models.surrogate.stacking import DescriptorStack, TrainingSetGP, nearest_stack
 
@@ -60,11 +60,9 @@ class SurrogatePredictor:
                  guidance_scale: float | None = None, batch_size: int = 64, stack: bool = True,
                  precision: str | bool = "auto", decode_batch: int = DECODE_BATCH):
         resolve_bfloat16(precision)  # a bad value fails here, not in the first prediction
-        if decode_batch < 1:
-            raise ValueError(f"decode_batch must be >= 1, got {decode_batch}")
         self.surrogate = surrogate
         self.steps, self.guidance_scale, self.batch_size = steps, guidance_scale, batch_size
-        self.decode_batch = decode_batch
+        self.decode_batch = check_decode_batch(decode_batch)  # fails here, not in the first prediction
         self.stack, self.precision = stack, precision
         self._training_gp: TrainingSetGP | None = None
 
