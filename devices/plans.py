@@ -2,6 +2,8 @@
 
 Arguments are JSON-able (conditions as a dict, sample ids and magnification names as strings) so
 bluesky-queueserver can validate and run the plans by name; devices are passed by name there.
+Annotations stay objects (no ``from __future__ import annotations``): the queue server evaluates them to
+validate queue items, and a string annotation naming a device class fails that (``flows/deploy/qserver/``).
 
 Documents
 ---------
@@ -38,7 +40,6 @@ Message order of :func:`synthesize`: validate (no message) -> ``mv(reactor.next_
 ``rd(reactor.next_sample_id)`` -> open_run -> checkpoint -> ``mv(reactor.next_sample_id, id)`` ->
 ``set(reactor, conditions)`` + wait -> trigger_and_read(reactor) -> close_run.
 """
-from __future__ import annotations
 
 from typing import Any, Sequence
 

@@ -2,6 +2,8 @@
 
 Arguments are JSON-able (numbers, strings, ``md`` a dict) so bluesky-queueserver can validate and run the plans
 by name; devices are passed by name there. Every argument is checked before the first message.
+Annotations stay objects (no ``from __future__ import annotations``): the queue server evaluates them to
+validate queue items, and a string annotation naming a device class fails that (``flows/deploy/qserver/``).
 
 Documents of :func:`tomo_scan` (one run per scan)
 -------------------------------------------------
@@ -45,7 +47,6 @@ potentiostat -> stage(detector) -> open_run -> **checkpoint** -> [electrochemist
 sample out, shutter open -> flats -> sample in -> (rotate, trigger_and_read) x n -> [electrochemistry] -> shutter
 close -> close_run -> checkpoint -> unstage.
 """
-from __future__ import annotations
 
 import math
 from typing import Any

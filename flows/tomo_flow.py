@@ -6,6 +6,8 @@ high-quality reference scan, the end-of-run flow on every scan, and the LQ / HQ 
 """
 from __future__ import annotations
 
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,45 @@ class ScanCollector:
                               "timepoint": doc.get("timepoint"), "file": None})
         elif name == "resource" and self.runs:
             self.runs[-1]["file"] = str(Path(doc["root"]) / doc["resource_path"])
+
+
+class EndOfRunProcessing:
+    """A RunEngine callback that runs :func:`tomo_end_of_run` on every scan whose run closes successfully.
+
+    Processing is keyed to the stop document and runs in one background thread, so the RunEngine goes on with
+    the next plan (or the next in-situ timepoint) while the last scan is reconstructed and enhanced: what the
+    queue-server profile subscribes (``flows/deploy/qserver/``). A run without frames (no HDF5 resource) or that
+    did not end in success is logged and skipped. ``results`` maps each processed run's uid to a future of the
+    flow's result; :meth:`wait` blocks until all are done.
+    """
+
+    def __init__(self, out_dir: str | Path, model_dir: str | None = None, steps: int = 8, rows: int = 4) -> None:
+        self.out_dir, self.model_dir, self.steps, self.rows = str(out_dir), model_dir, steps, rows
+        self.collector = ScanCollector()
+        self.results: dict[str, Future] = {}
+        self.skipped: dict[str, str] = {}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tomo-end-of-run")
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.collector(name, doc)
+        if name != "stop":
+            return
+        run = next((r for r in reversed(self.collector.runs) if r["uid"] == doc["run_start"]), None)
+        if run is None or run["file"] is None:
+            self._skip(doc["run_start"], "the run wrote no frames")
+        elif doc.get("exit_status") != "success":
+            self._skip(doc["run_start"], f"the run ended {doc.get('exit_status')}: {doc.get('reason', '')}")
+        else:
+            self.results[run["uid"]] = self._executor.submit(
+                tomo_end_of_run, run["file"], run["quality"], self.out_dir, self.model_dir, self.steps, self.rows)
+
+    def _skip(self, uid: str, why: str) -> None:
+        self.skipped[uid] = why
+        logging.getLogger(__name__).warning("end-of-run processing skipped for run %s: %s", uid, why)
+
+    def wait(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:
+        """Every submitted scan's result by run uid (re-raises the first flow that failed)."""
+        return {uid: future.result(timeout) for uid, future in list(self.results.items())}
 
 
 @flow(name="tomo-dry-run")

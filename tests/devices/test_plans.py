@@ -176,3 +176,21 @@ def test_pause_during_a_batch_discards_it_and_resume_makes_it_once(tmp_path, run
     RE.resume()
     assert only(docs, "stop")["exit_status"] == "success"
     assert list(lab.samples) == ["S0001"] and only(docs, "event")["data"]["reactor_sample_id"] == "S0001"
+
+
+def test_bluesky_queueserver_can_describe_and_validate_the_plans(reactor, sem):
+    """The plans' annotations are objects the queue server evaluates: a string annotation naming a device class
+    (``from __future__ import annotations``) made every queue item fail validation."""
+    profile_ops = pytest.importorskip("bluesky_queueserver.manager.profile_ops")
+    nspace = {"reactor": reactor, "sem": sem, "synthesize": synthesize, "image_sample": image_sample,
+              "synthesize_and_image": synthesize_and_image}
+    plans, devices, *_ = profile_ops.existing_plans_and_devices_from_nspace(nspace=nspace)
+    assert sorted(plans) == ["image_sample", "synthesize", "synthesize_and_image"]
+
+    def validate(args, **kwargs):
+        item = {"name": "synthesize_and_image", "args": args, "kwargs": kwargs}
+        return profile_ops.validate_plan(item, allowed_plans=plans, allowed_devices=devices)
+
+    assert validate(["reactor", "sem", {"ph": 10.0}], magnifications=["low", 30000]) == (True, "")
+    assert not validate(["reactor", "sem", "ph=10"])[0]  # conditions must be a mapping
+    assert not validate(["reactor", "sem", {"ph": 10.0}], sample_id=7)[0]
