@@ -176,9 +176,10 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
     station = TomoStation.simulated(beamline, quality="lq")
     engine = RunEngine({})
     log = DocumentLog(data / "documents.jsonl")
-    collector = ScanCollector()
+    processed = data / "processed"
+    processing = EndOfRunProcessing(processed, model_dir, steps)  # each scan as soon as its run closes
     engine.subscribe(log)
-    engine.subscribe(collector)
+    engine.subscribe(processing)
     engine.install_suspender(beam_suspender(station.beam))
     devices = (station.detector, station.rotation, station.sample_stage, station.shutter)
     try:
@@ -188,14 +189,11 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
         engine(tomo_scan(*devices, n_projections=n_projections, quality="hq", potentiostat=station.potentiostat))
     finally:
         log.close()
-    processed = data / "processed"
-    scans = []
-    for run in collector.runs:
-        if run["file"] is None:
-            continue
-        scans.append({**run, **tomo_end_of_run(run["file"], run["quality"], str(processed), model_dir, steps)})
-    lq_final = next(r for r in reversed(collector.runs) if r["quality"] == "lq" and r["file"])
-    hq_final = next(r for r in reversed(collector.runs) if r["quality"] == "hq" and r["file"])
+    results = processing.wait()
+    runs = processing.collector.runs
+    scans = [{**run, **results[run["uid"]]} for run in runs if run["uid"] in results]
+    lq_final = next(r for r in reversed(runs) if r["quality"] == "lq" and r["file"])
+    hq_final = next(r for r in reversed(runs) if r["quality"] == "hq" and r["file"])
     lq_volume, _ = reconstruct_slices(read_scan_file(lq_final["file"]), QUALITIES["lq"].voxel_nm)
     hq_volume, _ = reconstruct_slices(read_scan_file(hq_final["file"]), QUALITIES["hq"].voxel_nm)
     # the phantom the HQ scan saw, noise-free: the ceiling of the HQ-field figures
