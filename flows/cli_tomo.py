@@ -51,7 +51,8 @@ def dry_run(
             _err(f"HQ field, HQ's particle mask: {key}: LQ {v['lq']:.2f}, enhanced {v['enhanced']:.2f}, "
                  f"HQ {v['hq']:.2f}, noise-free phantom {v['truth']:.2f}")
         f = summary["fidelity"]
-        _err("HQ field, against HQ: " + ", ".join(f"{name} PSNR {f[k]['psnr_db']:.1f} dB SSIM {f[k]['ssim']:.3f}" for
+        _err("HQ field, against HQ: " + ", ".join(f"{name} PSNR {f[k]['psnr_db']:.1f} dB SSIM {f[k]['ssim']:.3f} "
+                                                  f"SIFT matches {f[k]['sift_matches']}" for
                                                   name, k in (("LQ", "lq"), ("enhanced", "enhanced"),
                                                               ("N = 1", "one_step"))))
         for t in summary["timepoints"]:
@@ -193,7 +194,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """LQ (bicubic 2x) vs InDI (N steps and N = 1) vs HQ on a held-out pair: edge resolution and CNR with HQ's
-    particle mask, PSNR and SSIM against HQ, and quality against the number of steps."""
+    particle mask, PSNR, SSIM and SIFT matches against HQ, and quality against the number of steps."""
     from models.volume_io import VolumeIOError, read_volume
 
     if steps < 1 or (voxel_nm is not None and not (voxel_nm > 0 and math.isfinite(voxel_nm))):
@@ -237,7 +238,8 @@ def evaluate(
     for name, label in (("lq", "LQ (bicubic)"), ("enhanced", f"InDI N = {steps}"), ("one_step", "InDI N = 1"),
                         ("hq", "HQ")):
         v = result[name]
-        extra = f", PSNR {v['psnr_db']:.1f} dB, SSIM {v['ssim']:.3f}" if "ssim" in v else ""
+        extra = (f", PSNR {v['psnr_db']:.1f} dB, SSIM {v['ssim']:.3f}, SIFT matches {v['sift_matches']}"
+                 if "ssim" in v else "")
         _err(f"{label}: resolution {v[r]:.2f} {unit}, CNR {v['cnr']:.2f}{extra}")
     _err(f"resolution x{result['resolution_gain']:.2f}, CNR x{result['cnr_gain']:.2f} over LQ")
 

@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 
 from devices.beamline import DATA_PATH, FRAME_DATASETS
 from models.indi import InDIModel, register_lq_to_hq, upsample_lq
-from models.tomo_metrics import cnr, edge_resolution_nm, psnr, segment_particles, ssim
+from models.tomo_metrics import cnr, edge_resolution_nm, psnr, segment_particles, sift_matches, ssim
 from models.tomo_reconstruction import reconstruct
 from simulators.tomography import HQ, LQ, QUALITIES, AcquisitionQuality, hq_region_in_lq, pillar_mask
 
@@ -117,7 +117,8 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     not about three segmentations; for each LQ-derived stack the mask follows the sub-pixel offset that
     registration finds between it and HQ (``shift_px``). They also get ``psnr_db`` and ``ssim`` against HQ
     (moved onto it): fidelity, which sharpness and CNR alone do not show (a model can draw crisp, clean particles
-    in the wrong shape). ``by_steps`` measures the enhancement at each number of InDI steps of
+    in the wrong shape); LQ, the enhanced stack and N = 1 also get ``sift_matches``, paper 001's "congruent
+    points": SIFT keypoints matched between each slice and its HQ slice, summed over the slices. ``by_steps`` measures the enhancement at each number of InDI steps of
     ``steps_sweep`` (N = 1 is plain regression, paper 001's baseline). ``voxel_nm``: the HQ voxel (default: the
     simulated HQ scan's). ``truth``: the noise-free attenuation on the HQ grid, when known (a simulated scan);
     measured with the same mask it gives the ceiling of these figures: a phantom with cracks, dense phases and a
@@ -142,12 +143,15 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
                 "ssim": float(np.mean([ssim(a, b, data_range) for a, b in zip(moved, hq_reference)])),
                 "shift_px": [float(shift[0]), float(shift[1])]}
 
+    def congruent_points(image: np.ndarray) -> int:  # SIFT is shift-invariant: no registration needed
+        return int(sum(sift_matches(a, b) for a, b in zip(image, hq_reference)))
+
     by_steps = {n: measure(image) for n, image in enhanced.items()}
     return {
-        "lq": measure(bicubic),
+        "lq": {**measure(bicubic), "sift_matches": congruent_points(bicubic)},
         "hq": quantify(hq_reference, mask, voxel),
-        "enhanced": by_steps[steps],
-        "one_step": by_steps[1],
+        "enhanced": {**by_steps[steps], "sift_matches": congruent_points(enhanced[steps])},
+        "one_step": {**by_steps[1], "sift_matches": congruent_points(enhanced[1])},
         "by_steps": by_steps,
         "images": {"lq": bicubic, "hq": hq_reference, "enhanced": enhanced[steps]},
         **({"truth": quantify(truth, mask, voxel)} if truth is not None else {}),

@@ -209,7 +209,8 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
         "scans": [{k: s[k] for k in ("timepoint", "soc", "quality", "file", "center_px") if k in s} for s in scans],
         "resolution_nm": {k: comparison[k]["resolution_nm"] for k in ("lq", "hq", "enhanced", "truth")},
         "cnr": {k: comparison[k]["cnr"] for k in ("lq", "hq", "enhanced", "truth")},
-        "fidelity": {k: {m: comparison[k][m] for m in ("psnr_db", "ssim")} for k in ("lq", "enhanced", "one_step")},
+        "fidelity": {k: {m: comparison[k][m] for m in ("psnr_db", "ssim", "sift_matches")}
+                     for k in ("lq", "enhanced", "one_step")},
         "one_step": comparison["one_step"],
         "by_steps": comparison["by_steps"],
         "timepoints": [{"soc": s["soc"], **{k: s[k] for k in ("lq", "enhanced", "one_step")},

@@ -5,7 +5,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from flows.tomo import compare_qualities, load_model, quantify
-from models.tomo_metrics import segment_particles
+from models.indi import upsample_lq
+from models.tomo_metrics import segment_particles, sift_matches
 
 
 def _disks(rng: np.random.Generator, size: int = 128, n: int = 10) -> np.ndarray:
@@ -31,6 +32,9 @@ def test_compare_qualities_measures_the_noise_free_truth_with_the_hq_mask():
     assert with_truth["truth"]["cnr"] > with_truth["hq"]["cnr"]
     without = compare_qualities(lq, hq, model, steps=2, steps_sweep=(1, 2), voxel_nm=50.0)
     assert "truth" not in without and without["hq"] == with_truth["hq"]
+    # paper 001's congruent points: SIFT matches of each slice with its HQ slice, summed
+    assert with_truth["lq"]["sift_matches"] == sum(sift_matches(a, b) for a, b in zip(upsample_lq(lq), hq))
+    assert all(isinstance(with_truth[k]["sift_matches"], int) for k in ("enhanced", "one_step"))
 
 
 def test_compare_qualities_measures_lq_where_hq_sees_it_despite_an_offset_between_the_scans():
