@@ -118,8 +118,9 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     registration finds between it and HQ (``shift_px``). They also get ``psnr_db`` and ``ssim`` against HQ
     (moved onto it): fidelity, which sharpness and CNR alone do not show (a model can draw crisp, clean particles
     in the wrong shape); LQ, the enhanced stack and N = 1 also get ``sift_matches``, paper 001's "congruent
-    points": SIFT keypoints matched between each slice and its HQ slice, summed over the slices. ``by_steps`` measures the enhancement at each number of InDI steps of
-    ``steps_sweep`` (N = 1 is plain regression, paper 001's baseline). ``voxel_nm``: the HQ voxel (default: the
+    points": SIFT keypoints matched between each slice and its HQ slice, summed over the slices. ``by_steps``
+    measures the enhancement at each number of InDI steps of ``steps_sweep`` (N = 1 is plain regression, paper
+    001's baseline). ``voxel_nm``: the HQ voxel (default: the
     simulated HQ scan's). ``truth``: the noise-free attenuation on the HQ grid, when known (a simulated scan);
     measured with the same mask it gives the ceiling of these figures: a phantom with cracks, dense phases and a
     binder/pore background has a finite CNR of its own, which no faithful enhancement can exceed.
