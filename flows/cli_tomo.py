@@ -64,6 +64,43 @@ def dry_run(
         _err(f"comparison: {summary['comparison_png']}; quality vs steps: {summary['steps_png']}")
 
 
+@tomo_app.command("process")
+def process(
+    scans: list[Path] = typer.Argument(..., metavar="SCAN.h5...", help="Scan files the detector wrote (HDF5)."),
+    out: Path = typer.Option(..., "--out", help="Folder for reconstructions, enhanced slices and PNGs."),
+    model: Optional[Path] = typer.Option(None, "--model", help="InDI model folder (default: the shipped model)."),
+    steps: int = typer.Option(8, "--steps", help="InDI sampling steps."),
+    rows: int = typer.Option(4, "--rows", help="Central slices of an LQ scan to enhance."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per scan on stdout."),
+) -> None:
+    """The end-of-run flow (reconstruct, enhance LQ scans with InDI, segment, quantify) on scans already taken:
+    after a crash cut the processing short, or with another model. The quality is read from each file; a scan
+    that fails is reported and the others are still processed (exit code 1)."""
+    if steps < 1 or rows < 1:
+        _err(f"error: --steps and --rows must be >= 1, got {steps} and {rows}")
+        raise typer.Exit(2)
+    model_dir = _check_model(model)
+    from flows.tomo import scan_quality, summary_json
+    from flows.tomo_flow import tomo_end_of_run
+
+    failed = 0
+    for scan in scans:
+        try:
+            result = tomo_end_of_run(str(scan), scan_quality(scan), str(out), model_dir, steps, rows)
+        except (ValueError, OSError, KeyError) as exc:
+            failed += 1
+            result = {"scan": str(scan), "error": str(exc)}
+            _err(f"error: {exc}")
+        if as_json:
+            print(summary_json(result), flush=True)
+        elif "error" not in result:
+            figures = result.get("enhanced", result.get(result["quality"]))
+            _err(f"{scan}: {result['quality']}, centre {result['center_px']:.2f} px, resolution "
+                 f"{figures['resolution_nm']:.0f} nm, CNR {figures['cnr']:.2f}")
+    if failed:
+        raise typer.Exit(1)
+
+
 @tomo_app.command("enhance")
 def enhance(
     input_path: Path = typer.Argument(..., metavar="INPUT", help="LQ slice or stack (.tif, .npy, .h5)."),

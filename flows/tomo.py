@@ -68,6 +68,33 @@ def read_scan_file(path: str | Path) -> ScanData:
                     parts["darks"].astype(np.float32), angle[last & (key == PROJECTION)].astype(np.float64))
 
 
+def scan_quality(path: str | Path) -> str:
+    """The acquisition quality (``"hq"`` / ``"lq"``) the detector wrote into a scan file's ``/entry``.
+
+    Raises
+    ------
+    ValueError
+        When the file is missing, not HDF5, or not a scan file of the station's detector.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as handle:
+            quality = handle["/entry"].attrs.get("quality") if "/entry" in handle else None
+            has_frames = DATA_PATH in handle
+    except OSError as exc:
+        raise ValueError(f"{path}: not an HDF5 file ({exc})") from exc
+    if isinstance(quality, bytes):
+        quality = quality.decode()
+    if not has_frames or quality not in QUALITIES:
+        raise ValueError(f"{path}: not a scan file of the tomography station's detector (it needs {DATA_PATH} and "
+                         f"/entry's 'quality' attribute, one of {sorted(QUALITIES)})")
+    return str(quality)
+
+
 def reconstruct_slices(scan: ScanData, voxel_nm: float) -> tuple[np.ndarray, float]:
     """``rows x N x N`` attenuation (1/µm) and the rotation centre used (detector column)."""
     volume, center = reconstruct(scan.projections, scan.flats, scan.darks, scan.angles_deg)

@@ -1,4 +1,4 @@
-"""``morphloop indi train``, ``morphloop tomo enhance`` and ``morphloop tomo dry-run`` end to end."""
+"""``morphloop indi train``, ``morphloop tomo enhance``, ``tomo dry-run`` and ``tomo process`` end to end."""
 from __future__ import annotations
 
 import json
@@ -144,3 +144,30 @@ def test_tomo_dry_run_rejects_a_negative_cell_before_scanning(tmp_path):
     assert result.exit_code == 2
     assert "--cell" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_tomo_process_reruns_the_end_of_run_flow_on_scans_already_taken(tmp_path, prefect_harness):
+    from bluesky import RunEngine
+
+    from devices.beamline import TomoStation
+    from devices.beamline_sim import SimulatedBeamline
+    from devices.tomo_plans import tomo_scan
+    from simulators.tomography import ElectrodeCell
+
+    station = TomoStation.simulated(SimulatedBeamline(tmp_path / "raw", cell=ElectrodeCell(seed=3),
+                                                      time_compression=None), quality="lq")
+    files = []
+    RunEngine({})(tomo_scan(station.detector, station.rotation, station.sample_stage, station.shutter,
+                            n_projections=24, n_darks=2, n_flats=2, quality="lq"),
+                  lambda name, doc: files.append(Path(doc["root"]) / doc["resource_path"])
+                  if name == "resource" else None)
+    not_a_scan = tmp_path / "notes.h5"
+    not_a_scan.write_text("not HDF5")
+    result = invoke("tomo", "process", files[0], not_a_scan, tmp_path / "missing.h5", "--out", tmp_path / "p",
+                    "--json")
+    assert result.exit_code == 1  # two of three failed, and the good one was still processed
+    good, bad, missing = (json.loads(line) for line in result.stdout.strip().splitlines())
+    assert good["quality"] == "lq" and good["center_px"] > 0 and good["enhanced"]["cnr"] > 0
+    assert (tmp_path / "p" / f"{files[0].stem}_enhanced.h5").is_file() and Path(good["png"]).is_file()
+    assert "not an HDF5 file" in bad["error"] and "no such file" in missing["error"]
+    assert invoke("tomo", "process", files[0], "--out", tmp_path / "p", "--steps", 0).exit_code == 2
