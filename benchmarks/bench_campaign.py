@@ -1,7 +1,8 @@
 """Closed-loop sample efficiency: experiments until a reachable target is met (issue 6's acceptance; not a test).
 
     .venv/bin/python benchmarks/bench_campaign.py [--targets 10] [--budget 24] [--batch 4] [--model DIR]
-        [--methods morphloop,bo,random] [--random-budget N] [--seed 0] [--out DIR] [--json]
+        [--methods morphloop,bo,random,oracle,design,oracle_mean,design_image,oracle_image] [--random-budget N]
+        [--seed 0] [--out DIR] [--json]
 
 Every method runs real simulated experiments through the same path as a campaign: the ``synthesize_and_image``
 plan on a RunEngine with the simulated reactor and SEM (:class:`flows.dispatch.InProcessDispatcher`), then
@@ -33,6 +34,11 @@ and batch size:
   sample lands within 5 % of all three descriptors about half the time (batch noise: 4 % on D50, 0.02 on
   texture), so the design is judged on the morphology its conditions give, both sides averaged;
 * ``oracle_mean`` (the reference for ``design``): the hidden conditions measured the same way once.
+* ``design_image`` (issue 5's reference-image acceptance): one more sample made at the hidden conditions, its two
+  SEM images described as ``morphloop design --target-image LOW --target-image HIGH`` describes them; those
+  descriptors are the target, and ``design``'s search, measured the same way, must land within 5 % of them;
+* ``oracle_image`` (its reference): the hidden conditions measured the same way against the image's descriptors
+  (one image carries its sample's batch noise, which no design can know).
 
 Reported per method: experiments to target for each target (``None`` when the budget ran out), the median with
 unmet targets counted as ``budget + 1`` (a lower bound of the truth), how many were met, wall time; and the ratios
@@ -237,6 +243,15 @@ def run_design(target: dict, seed: int, work: Path, model: str | None, particles
     return _first_met(objective, [mean])
 
 
+def image_target(target: dict, seed: int, work: Path) -> dict | None:
+    """``target`` with its descriptors replaced by those of one more sample's images (the reference image), made
+    at the same hidden conditions in a lab stream of its own; None when the images cannot be described."""
+    measured = Lab(work / "reference_image", stream=seed + 50_000).measure(target["conditions"])
+    if not all(np.isfinite(measured.get(k, np.nan)) for k in TARGET_KEYS):
+        return None
+    return {**target, "descriptors": {k: float(measured[k]) for k in TARGET_KEYS}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     global WORLD_SEED
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -265,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     WORLD_SEED = args.world_seed
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    known = ("morphloop", "bo", "random", "oracle", "design", "oracle_mean")
+    known = ("morphloop", "bo", "random", "oracle", "design", "oracle_mean", "design_image", "oracle_image")
     unknown = sorted(set(methods) - set(known))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose among {', '.join(known)}")
@@ -276,16 +291,23 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict] = {}
     for method in methods:
         counts, t0 = [], time.perf_counter()
-        budget = {"design": 1, "oracle_mean": 1,  # one design, measured as the mean of --replicates samples
-                  "random": args.random_budget or args.budget}.get(method, args.budget)
+        budget = {"design": 1, "oracle_mean": 1, "design_image": 1, "oracle_image": 1,  # one design, measured
+                  "random": args.random_budget or args.budget}.get(method, args.budget)  # as a --replicates mean
         for i, target in enumerate(targets):
             work = root / method / f"target_{i:02d}"
+            if method in ("design_image", "oracle_image"):
+                # the same reference image for both methods: its lab stream depends on the target only
+                target = image_target(target, args.seed + i, root / "reference_images" / f"target_{i:02d}")
+                if target is None:
+                    counts.append(None)
+                    print(f"{method} target {i}: its reference image could not be described", file=sys.stderr)
+                    continue
             if method == "morphloop":
                 n = run_morphloop(target, args.budget, args.batch, args.seed + i, work, args.model)
-            elif method == "design":
+            elif method in ("design", "design_image"):
                 n = run_design(target, args.seed + i, work, args.model, args.design_particles, args.design_iters,
                                args.replicates, design_weight, args.design_polish_starts)
-            elif method == "oracle_mean":
+            elif method in ("oracle_mean", "oracle_image"):
                 n = run_oracle_mean(target, args.seed + i, work, args.replicates)
             elif method == "oracle":
                 n = run_oracle(target, args.budget, args.seed + i, work)
@@ -305,7 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "morphloop" in results:
         base = results["morphloop"]["median"]
         report["ratios"] = {f"{m}/morphloop": results[m]["median"] / base for m in results
-                            if m not in ("morphloop", "design", "oracle", "oracle_mean")}
+                            if m not in ("morphloop", "design", "oracle", "oracle_mean", "design_image",
+                                         "oracle_image")}
     if args.json:
         print(json.dumps(report, default=str))
     else:
