@@ -87,10 +87,11 @@ def process(
     for scan in scans:
         try:
             result = tomo_end_of_run(str(scan), scan_quality(scan), str(out), model_dir, steps, rows)
-        except (ValueError, OSError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- one bad scan must not stop the others
             failed += 1
-            result = {"scan": str(scan), "error": str(exc)}
-            _err(f"error: {exc}")
+            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            result = {"scan": str(scan), "error": message}
+            _err(f"error: {message}")
         if as_json:
             print(summary_json(result), flush=True)
         elif "error" not in result:
