@@ -100,3 +100,19 @@ def test_a_failed_or_empty_run_is_skipped_not_processed(tmp_path):
     processing("stop", {"run_start": "b", "exit_status": "abort", "reason": "operator"})
     assert processing.results == {} and processing.wait() == {}
     assert "no frames" in processing.skipped["a"] and "abort" in processing.skipped["b"]
+
+
+def test_a_processing_failure_is_raised_by_wait_not_lost(tmp_path, monkeypatch):
+    import flows.tomo_flow as tomo_flow
+
+    def broken(scan_file, *args):
+        raise RuntimeError(f"cannot reconstruct {scan_file}")
+
+    monkeypatch.setattr(tomo_flow, "tomo_end_of_run", broken)
+    processing = tomo_flow.EndOfRunProcessing(tmp_path)
+    processing("start", {"uid": "a", "quality": "lq"})
+    processing("resource", {"root": str(tmp_path), "resource_path": "scan.h5"})
+    processing("stop", {"run_start": "a", "exit_status": "success"})
+    assert list(processing.results) == ["a"]
+    with pytest.raises(RuntimeError, match="cannot reconstruct .*scan.h5"):
+        processing.wait(timeout=30)
