@@ -243,6 +243,10 @@ def run_design(target: dict, seed: int, work: Path, model: str | None, particles
     return _first_met(objective, [mean])
 
 
+#: Methods that make one design (or take the hidden conditions) and measure it as a ``--replicates`` mean.
+ONE_DESIGN_METHODS = ("design", "oracle_mean", "design_image", "oracle_image")
+
+
 def image_target(target: dict, seed: int, work: Path) -> dict | None:
     """``target`` with its descriptors replaced by those of one more sample's images (the reference image), made
     at the same hidden conditions in a lab stream of its own; None when the images cannot be described."""
@@ -289,15 +293,19 @@ def main(argv: list[str] | None = None) -> dict:
                      else args.design_uncertainty_weight)
     targets = draw_targets(args.targets, args.seed, root, args.replicates, args.min_texture)
     results: dict[str, dict] = {}
+    image_targets: dict[int, dict | None] = {}  # made once, shared by design_image and oracle_image
     for method in methods:
         counts, t0 = [], time.perf_counter()
-        budget = {"design": 1, "oracle_mean": 1, "design_image": 1, "oracle_image": 1,  # one design, measured
-                  "random": args.random_budget or args.budget}.get(method, args.budget)  # as a --replicates mean
+        budget = {"random": args.random_budget or args.budget}.get(method, args.budget)
+        if method in ONE_DESIGN_METHODS:
+            budget = 1
         for i, target in enumerate(targets):
             work = root / method / f"target_{i:02d}"
             if method in ("design_image", "oracle_image"):
-                # the same reference image for both methods: its lab stream depends on the target only
-                target = image_target(target, args.seed + i, root / "reference_images" / f"target_{i:02d}")
+                if i not in image_targets:
+                    image_targets[i] = image_target(target, args.seed + i,
+                                                    root / "reference_images" / f"target_{i:02d}")
+                target = image_targets[i]
                 if target is None:
                     counts.append(None)
                     print(f"{method} target {i}: its reference image could not be described", file=sys.stderr)
@@ -327,8 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "morphloop" in results:
         base = results["morphloop"]["median"]
         report["ratios"] = {f"{m}/morphloop": results[m]["median"] / base for m in results
-                            if m not in ("morphloop", "design", "oracle", "oracle_mean", "design_image",
-                                         "oracle_image")}
+                            if m not in ("morphloop", "oracle", *ONE_DESIGN_METHODS)}
     if args.json:
         print(json.dumps(report, default=str))
     else:

@@ -21,7 +21,8 @@ from scipy import ndimage as ndi
 
 from devices.beamline import DATA_PATH, FRAME_DATASETS
 from models.indi import InDIModel, register_lq_to_hq, upsample_lq
-from models.tomo_metrics import cnr, edge_resolution_nm, psnr, segment_particles, sift_matches, ssim
+from models.tomo_metrics import (cnr, count_sift_matches, edge_resolution_nm, psnr, segment_particles,
+                                 sift_descriptors, ssim)
 from models.tomo_reconstruction import reconstruct
 from simulators.tomography import HQ, LQ, QUALITIES, AcquisitionQuality, hq_region_in_lq, pillar_mask
 
@@ -147,8 +148,8 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
     in the wrong shape); LQ, the enhanced stack and N = 1 also get ``sift_matches``, paper 001's "congruent
     points": SIFT keypoints matched between each slice and its HQ slice, summed over the slices. ``by_steps``
     measures the enhancement at each number of InDI steps of ``steps_sweep`` (N = 1 is plain regression, paper
-    001's baseline). ``voxel_nm``: the HQ voxel (default: the
-    simulated HQ scan's). ``truth``: the noise-free attenuation on the HQ grid, when known (a simulated scan);
+    001's baseline). ``voxel_nm``: the HQ voxel (default: the simulated HQ scan's). ``truth``: the noise-free
+    attenuation on the HQ grid, when known (a simulated scan);
     measured with the same mask it gives the ceiling of these figures: a phantom with cracks, dense phases and a
     binder/pore background has a finite CNR of its own, which no faithful enhancement can exceed.
     """
@@ -171,8 +172,10 @@ def compare_qualities(lq_field: np.ndarray, hq_reference: np.ndarray, model: InD
                 "ssim": float(np.mean([ssim(a, b, data_range) for a, b in zip(moved, hq_reference)])),
                 "shift_px": [float(shift[0]), float(shift[1])]}
 
+    hq_keypoints = [sift_descriptors(s) for s in hq_reference]  # once for the three stacks matched to HQ
+
     def congruent_points(image: np.ndarray) -> int:  # SIFT is shift-invariant: no registration needed
-        return int(sum(sift_matches(a, b) for a, b in zip(image, hq_reference)))
+        return sum(count_sift_matches(sift_descriptors(a), b) for a, b in zip(image, hq_keypoints))
 
     by_steps = {n: measure(image) for n, image in enhanced.items()}
     return {

@@ -23,7 +23,8 @@ from scipy.optimize import curve_fit
 from scipy.special import erf
 
 __all__ = [
-    "edge_resolution_nm", "edge_spread_function", "cnr", "psnr", "ssim", "sift_matches", "segment_particles",
+    "edge_resolution_nm", "edge_spread_function", "cnr", "psnr", "ssim", "sift_matches", "sift_descriptors",
+    "count_sift_matches", "segment_particles",
     "particle_volume_fraction",
 ]
 
@@ -276,7 +277,10 @@ def _unit_range(image: np.ndarray) -> np.ndarray:
     return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
 
 
-def _sift_descriptors(image: np.ndarray) -> np.ndarray:
+def sift_descriptors(image: np.ndarray) -> np.ndarray:
+    """SIFT descriptors (``n x 128``) of a 2-D image scaled to [0, 1] (:class:`skimage.feature.SIFT`, default
+    parameters); none for a flat or featureless image. Compute a reference's once and match many images to it
+    with :func:`sift_matches`."""
     from skimage.feature import SIFT
 
     sift = SIFT()
@@ -291,15 +295,19 @@ def sift_matches(image: np.ndarray, reference: np.ndarray, *, max_ratio: float =
     """Number of SIFT "congruent points" between two 2-D images (paper 001's SIFT metric).
 
     Both images are scaled to [0, 1] (min-max), SIFT keypoints and descriptors are extracted
-    (:class:`skimage.feature.SIFT`, default parameters) and matched on Euclidean descriptor distance with
-    cross-checking and Lowe's ratio test (``max_ratio``). Shapes may differ. Higher is better.
+    (:func:`sift_descriptors`) and matched on Euclidean descriptor distance with cross-checking and Lowe's ratio
+    test (``max_ratio``; :func:`count_sift_matches`). Shapes may differ. Higher is better.
     """
+    return count_sift_matches(sift_descriptors(image), sift_descriptors(reference), max_ratio=max_ratio)
+
+
+def count_sift_matches(descriptors: np.ndarray, reference: np.ndarray, *, max_ratio: float = 0.8) -> int:
+    """:func:`sift_matches` on descriptors already extracted (:func:`sift_descriptors`)."""
     from skimage.feature import match_descriptors
 
-    a, b = _sift_descriptors(image), _sift_descriptors(reference)
-    if len(a) == 0 or len(b) == 0:
+    if len(descriptors) == 0 or len(reference) == 0:
         return 0
-    return int(len(match_descriptors(a, b, cross_check=True, max_ratio=max_ratio)))
+    return int(len(match_descriptors(descriptors, reference, cross_check=True, max_ratio=max_ratio)))
 
 
 def segment_particles(image: np.ndarray, *, sigma_px: float = 1.0, small_px: int = 16) -> np.ndarray:
