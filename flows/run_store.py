@@ -1,4 +1,4 @@
-"""Run data in Tiled: Bluesky documents in, run metadata and SEM frames back out.
+"""Run data in Tiled: Bluesky documents in, run metadata and frames (SEM images, tomography frames) back out.
 
 A :class:`RunStore` is one embedded Tiled catalog in the data directory, served inside this process::
 
@@ -7,11 +7,11 @@ A :class:`RunStore` is one embedded Tiled catalog in the data directory, served 
     DATA/tiled/data/         writable storage of arrays Tiled itself writes (none for our plans)
     DATA/tiled/unwritten/    JSON-lines copies of runs Tiled failed to take (``TiledWriter`` backup)
 
-Images never go into the catalog: the SEM writes each frame to a TIFF file and references it with a
-Resource/Datum pair (``devices/sem.py``). ``TiledWriter``'s normalizer turns those into
-StreamResource/StreamDatum documents; the frames of one stream are then registered as one external
-``N x H x W`` array whose assets are the TIFF files (:class:`SingleFrameTiffConsolidator`), and read back
-through Tiled's TIFF-sequence adapter.
+Images never go into the catalog: the SEM writes each frame to a TIFF file, the tomography camera appends its
+frames to one HDF5 file per scan, and both reference them with Resource/Datum pairs. ``TiledWriter``'s
+normalizer turns those into StreamResource/StreamDatum documents, and the frames of one stream are registered
+as one external ``N x H x W`` array over those files (:mod:`flows.tiled_frames`): for a scan a beam loss
+interrupted, the frames of the repeated, complete scan.
 
 The Tiled app runs on a daemon thread of this process, bound to 127.0.0.1 on a free port: nothing leaves the
 machine and there is no server to manage. (Tiled's socket-free ``Context.from_app`` needs starlette's
@@ -26,6 +26,7 @@ Usage::
     store.find(experiment_id="E1")      # -> [run uid, ...]
     store.run_summary(uid)["images"]    # -> frames with their TIFF paths
     store.read_image(uid, "high")       # -> H x W uint8 array, read through Tiled
+    store.read_frames(scan_uid, "flat") # -> a tomography scan's flats, N x H x W float32
     store.close()
 """
 from __future__ import annotations
@@ -41,7 +42,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from devices.sem import RESOURCE_SPEC
+from flows.tiled_frames import (ADAPTERS_BY_MIMETYPE, SPEC_TO_MIMETYPE, frame_rows_normalizer,
+                                register_consolidators)
 
 #: Sub-folder of the data directory that holds everything Tiled writes.
 TILED_DIR = "tiled"
@@ -49,10 +51,6 @@ CATALOG_FILE = "catalog.db"
 TABLES_FILE = "tables.db"
 DATA_DIR = "data"
 BACKUP_DIR = "unwritten"
-#: StreamResource mimetype our Resource spec is normalized to: one single-frame TIFF per resource.
-FRAME_TIFF_MIMETYPE = "image/tiff;morphloop=single-frame"
-#: What Tiled reads the consolidated frames with (its TIFF-sequence adapter).
-TIFF_SEQUENCE_MIMETYPE = "multipart/related;type=image/tiff"
 SERVER_START_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 300.0
 
@@ -68,41 +66,6 @@ class RunNotFound(KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
-
-
-def _single_frame_tiff_consolidator() -> type:
-    """The consolidator class for :data:`FRAME_TIFF_MIMETYPE`, registered with bluesky once.
-
-    bluesky's ``TIFFConsolidator`` expects one StreamResource per file *sequence* (a directory plus a filename
-    template) and cannot take a second StreamResource for the same data key. Our SEM writes one file per frame
-    with one Resource each, so this subclass stacks frames (``N x H x W``, one TIFF per row) and takes each new
-    StreamResource's file as the asset of the next frame.
-    """
-    from bluesky import consolidators
-
-    registered = consolidators.CONSOLIDATOR_REGISTRY.get(FRAME_TIFF_MIMETYPE)
-    if registered is not None:
-        return registered
-
-    class SingleFrameTiffConsolidator(consolidators.TIFFConsolidator):
-        supported_mimetypes = {FRAME_TIFF_MIMETYPE}
-        join_method = "stack"
-
-        def __init__(self, stream_resource: dict, descriptor: dict) -> None:
-            # The parent wants a filename template; every resource here is exactly one file (its uri).
-            stream_resource = {**stream_resource, "parameters": {**stream_resource["parameters"], "template": ""}}
-            super().__init__(stream_resource, descriptor)
-            self.mimetype = TIFF_SEQUENCE_MIMETYPE  # what the DataSource is read back with
-            self._frame_uri = self.uri
-
-        def get_datum_uri(self, indx: int) -> str:
-            return self._frame_uri
-
-        def update_from_stream_resource(self, stream_resource: dict) -> None:
-            self._frame_uri = stream_resource["uri"]
-
-    consolidators.CONSOLIDATOR_REGISTRY[FRAME_TIFF_MIMETYPE] = SingleFrameTiffConsolidator
-    return SingleFrameTiffConsolidator
 
 
 def _writable_tiled_dir(data_dir: Path) -> Path:
@@ -198,6 +161,13 @@ def _external_assets(node: Any) -> list[str] | None:
     return [str(path_from_uri(a.data_uri)) for a in sorted(sources[0].assets, key=lambda a: a.num or 0)]
 
 
+def _frame_rows(node: Any) -> list[int] | None:
+    """Rows of the HDF5 dataset behind a tomography frame stack (see :mod:`flows.tiled_frames`); else None."""
+    sources = node.data_sources() or []
+    rows = sources[0].parameters.get("rows") if sources else None
+    return [int(r) for r in rows] if rows is not None else None
+
+
 def _plain(value: Any) -> Any:
     """numpy scalars -> Python scalars (JSON-able summaries)."""
     return value.item() if isinstance(value, np.generic) else value
@@ -249,7 +219,7 @@ class RunStore:
         """
         data_dir = Path(data_dir).expanduser().absolute()
         tiled_dir = _writable_tiled_dir(data_dir)
-        _single_frame_tiff_consolidator()
+        register_consolidators()
         import httpx
         from bluesky.callbacks.tiled_writer import TiledWriter
         from tiled.catalog import from_uri as catalog_from_uri
@@ -265,6 +235,7 @@ class RunStore:
             catalog_uri,
             writable_storage=[str(tiled_dir / DATA_DIR), f"sqlite:///{tiled_dir / TABLES_FILE}"],
             readable_storage=[str(root) for root in roots],
+            adapters_by_mimetype=dict(ADAPTERS_BY_MIMETYPE),
             init_if_not_exists=fresh and not _init_catalog(catalog_uri),  # subprocess fallback (old Tiled)
         )
         api_key = secrets.token_hex(16)
@@ -274,8 +245,8 @@ class RunStore:
             # Generous timeouts: the server shares this process's cores, and a timed-out write would be retried.
             client = client_from_uri(f"{base_url}/api/v1", api_key=api_key, trust_env=False,
                                      include_data_sources=True, timeout=httpx.Timeout(REQUEST_TIMEOUT_S))
-            writer = TiledWriter(client, spec_to_mimetype={RESOURCE_SPEC: FRAME_TIFF_MIMETYPE},
-                                 backup_directory=str(tiled_dir / BACKUP_DIR))
+            writer = TiledWriter(client, spec_to_mimetype=dict(SPEC_TO_MIMETYPE),
+                                 normalizer=frame_rows_normalizer(), backup_directory=str(tiled_dir / BACKUP_DIR))
         except BaseException:
             server.should_exit = True
             thread.join(timeout=10)
@@ -389,25 +360,32 @@ class RunStore:
         return summary
 
     def _frames(self, stream_node: Any, stream: str) -> list[dict[str, Any]]:
-        """Externally stored frames of one stream, each with the readings of its event."""
+        """Externally stored frames of one stream, each with the readings of its event (the last event of each
+        ``seq_num``: after a rewind the repeated event replaces the interrupted one, as the frames do)."""
         external = {}
         for key in stream_node.keys():
             if key != "internal" and (paths := _external_assets(stream_node[key])) is not None:
-                external[key] = paths
+                external[key] = (paths, _frame_rows(stream_node[key]), stream_node[key].shape[0])
         if not external:
             return []
         rows: list[dict[str, Any]] = []
         if "internal" in stream_node.keys():
-            table = stream_node["internal"].read()
+            table = stream_node["internal"].read().drop_duplicates("seq_num", keep="last")
             columns = [c for c in table.columns if not c.startswith("ts_") and c != "time"]
             rows = [{c: _plain(v) for c, v in zip(columns, values)}
                     for values in table.sort_values("seq_num")[columns].itertuples(index=False)]
-        return [{"stream": stream, "key": key, "index": index, "path": path,
-                 **(rows[index] if index < len(rows) else {})}
-                for key, paths in external.items() for index, path in enumerate(paths)]
+        frames = []
+        for key, (paths, file_rows, count) in external.items():
+            for index in range(count):
+                frame = {"stream": stream, "key": key, "index": index,
+                         "path": paths[index] if len(paths) == count else paths[0]}
+                if file_rows is not None:
+                    frame["file_row"] = file_rows[index]
+                frames.append({**frame, **(rows[index] if index < len(rows) else {})})
+        return frames
 
     def read_image(self, uid: str, frame: int | str = 0, *, stream: str = "primary",
-                   key: str = "sem_image") -> np.ndarray:
+                   key: str | None = None) -> np.ndarray:
         """One frame of a run, read through Tiled from the file the run references.
 
         Parameters
@@ -416,13 +394,15 @@ class RunStore:
         frame : int or str
             Index in acquisition order (negative counts from the end), or a magnification as named in the
             start document (``"low"``, ``"high"``).
-        stream, key : str
-            Where the frames are: ``primary/sem_image`` for the SEM plans.
+        stream : str
+            The stream: ``primary`` (the SEM plans' frames, the tomography plans' projections), ``dark``, ``flat``.
+        key : str, optional
+            The frames' data key (``sem_image``, ``detector_image``); by default the stream's only frames.
 
         Returns
         -------
         numpy.ndarray
-            ``H x W`` (uint8 for SEM frames).
+            ``H x W`` (uint8 for SEM frames, float32 for tomography frames).
 
         Raises
         ------
@@ -431,12 +411,7 @@ class RunStore:
         PermissionError
             The file is outside the folders this store serves (see ``image_roots`` in :meth:`open`).
         """
-        self._check_open()
-        try:
-            images = self.client[f"{uid}/{stream}/{key}"]
-        except KeyError:
-            run = self._run(uid)
-            raise KeyError(f"run {uid} has no {stream}/{key}; its streams are {list(run.keys())}") from None
+        images = self._frames_node(uid, stream, key)
         if isinstance(frame, str):
             names = [str(m) for m in self.client[uid].metadata["start"].get("magnifications") or []]
             if frame not in names:
@@ -447,8 +422,39 @@ class RunStore:
             raise IndexError(f"run {uid} has {count} frames in {stream}/{key}; frame {frame} is out of range")
         frame %= count
         paths = _external_assets(images) or []
-        if frame < len(paths) and not self._serves(Path(paths[frame])):
-            raise PermissionError(f"frame {frame} of run {uid} is {paths[frame]}, outside the folders this store "
-                                  f"serves ({', '.join(map(str, self.readable_roots))}); open it with "
-                                  f"RunStore.open(data_dir, image_roots=[{str(Path(paths[frame]).parent)!r}])")
+        self._check_served(uid, paths[frame:frame + 1] if len(paths) == count else paths)
         return np.asarray(images[frame])
+
+    def read_frames(self, uid: str, stream: str = "primary", key: str | None = None) -> np.ndarray:
+        """All frames of one stream of a run, ``N x H x W`` in ``seq_num`` order, read through Tiled.
+
+        For a tomography scan that a beam loss interrupted, the frames are those of the repeated, complete
+        scan (the interrupted attempt's frames stay in the file but not in the stream).
+
+        Raises
+        ------
+        RunNotFound, KeyError, PermissionError
+            As :meth:`read_image`.
+        """
+        images = self._frames_node(uid, stream, key)
+        self._check_served(uid, _external_assets(images) or [])
+        return np.asarray(images.read())
+
+    def _frames_node(self, uid: str, stream: str, key: str | None) -> Any:
+        run = self._run(uid)
+        if stream not in run.keys():
+            raise KeyError(f"run {uid} has no stream {stream!r}; its streams are {list(run.keys())}")
+        arrays = [k for k in run[stream].base.keys() if k != "internal"]
+        if key is None and len(arrays) == 1:
+            key = arrays[0]
+        if key not in arrays:
+            held = f"holds the frames {arrays}" if arrays else "holds no frames"
+            raise KeyError(f"run {uid} has no frames {stream}/{key}; {stream} {held}")
+        return run[stream].base[key]
+
+    def _check_served(self, uid: str, paths: Sequence[str]) -> None:
+        for path in paths:
+            if not self._serves(Path(path)):
+                raise PermissionError(f"run {uid} reads {path}, outside the folders this store serves "
+                                      f"({', '.join(map(str, self.readable_roots))}); open it with "
+                                      f"RunStore.open(data_dir, image_roots=[{str(Path(path).parent)!r}])")

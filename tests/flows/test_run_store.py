@@ -144,7 +144,7 @@ def test_images_read_through_tiled_match_the_files_the_sem_wrote(recorded, store
         store.read_image(first, "medium")
     with pytest.raises(IndexError, match="2 frames"):
         store.read_image(first, 2)
-    with pytest.raises(KeyError, match="no primary/nope"):
+    with pytest.raises(KeyError, match="no frames primary/nope"):
         store.read_image(first, key="nope")
 
 
