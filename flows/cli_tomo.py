@@ -28,10 +28,14 @@ def dry_run(
     steps: int = typer.Option(8, "--steps", help="InDI sampling steps."),
     cell: int = typer.Option(7, "--cell", help="Seed of the simulated electrode cell (the shipped model was trained "
                                                "on cell 101; any other is unseen)."),
+    beam_loss: bool = typer.Option(True, "--beam-loss/--no-beam-loss",
+                                   help="Drop the beam halfway through the HQ reference scan (the run suspends and "
+                                        "the scan is repeated once the beam is back)."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object on stdout."),
 ) -> None:
     """The in-situ plan on the simulated beamline (LQ scans at three states of charge with an open-circuit hold
-    before each, one HQ reference), the end-of-run flow on every scan, and LQ vs enhanced vs HQ figures."""
+    before each, one HQ reference), the end-of-run flow on every scan, and LQ vs enhanced vs HQ figures. Every
+    run is in the Tiled catalog of --data-dir (``morphloop tomo runs``)."""
     if steps < 1 or cell < 0:
         _err(f"error: --steps must be >= 1 and --cell >= 0, got {steps} and {cell}")
         raise typer.Exit(2)
@@ -42,7 +46,7 @@ def dry_run(
     from flows.tomo import summary_json
     from flows.tomo_flow import tomo_dry_run
 
-    summary = tomo_dry_run(str(data_dir), model_dir=model_dir, seed=cell, steps=steps)
+    summary = tomo_dry_run(str(data_dir), model_dir=model_dir, seed=cell, steps=steps, beam_loss=beam_loss)
     if as_json:
         print(summary_json(summary), flush=True)
     else:
@@ -61,6 +65,9 @@ def dry_run(
                  f"{enhanced['cnr']:.2f} (N = 1: {one['cnr']:.2f}; noise-free phantom {phantom['cnr']:.2f}); "
                  f"resolution {lq['resolution_nm']:.0f} -> {enhanced['resolution_nm']:.0f} nm (N = 1: "
                  f"{one['resolution_nm']:.0f} nm)")
+        repeated = [s for s in summary["scans"] if s["attempts"] > 1]
+        _err(f"scans repeated after a beam loss: {len(repeated)} of {len(summary['scans'])}; runs in Tiled: "
+             f"{summary['tiled_catalog']} (morphloop tomo runs --data-dir {data_dir})")
         _err(f"comparison: {summary['comparison_png']}; quality vs steps: {summary['steps_png']}")
 
 
@@ -100,6 +107,40 @@ def process(
                  f"{figures['resolution_nm']:.0f} nm, CNR {figures['cnr']:.2f}")
     if failed:
         raise typer.Exit(1)
+
+
+@tomo_app.command("runs")
+def runs(
+    data_dir: Path = typer.Option(..., "--data-dir", help="The beamline's data folder (a dry run's --data-dir, "
+                                                          "the queue-server profile's MORPHLOOP_BEAMLINE_DIR)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per run on stdout."),
+) -> None:
+    """Every run in the folder's Tiled catalog, oldest first: plan, quality, timepoint and state of charge, how it
+    ended, its scan file and the frames of each stream (after a beam loss, those of the repeated scan)."""
+    if not (data_dir / "tiled" / "catalog.db").is_file():
+        _err(f"error: no Tiled catalog in {data_dir} (expected {data_dir / 'tiled' / 'catalog.db'}); pass the "
+             "--data-dir of a dry run or the queue-server profile's MORPHLOOP_BEAMLINE_DIR")
+        raise typer.Exit(2)
+    from flows.run_store import RunStore
+    from flows.tomo import summary_json
+
+    with RunStore.open(data_dir) as store:
+        for uid in store.runs():
+            summary = store.run_summary(uid)
+            start = summary["start"]
+            frames: dict[str, int] = {}
+            for frame in summary["images"]:
+                frames[frame["stream"]] = frames.get(frame["stream"], 0) + 1
+            run = {"uid": uid, "plan_name": summary["plan_name"],
+                   **{k: start.get(k) for k in ("quality", "timepoint", "soc", "insitu_id")},
+                   "exit_status": summary["exit_status"], "reason": summary["reason"] or None,
+                   "file": summary["images"][0]["path"] if summary["images"] else None, "frames": frames}
+            if as_json:
+                print(summary_json(run), flush=True)
+            else:
+                soc = "" if run["soc"] is None else f", state of charge {run['soc']:.2f}"
+                _err(f"{uid}  {run['plan_name']} {run['quality'] or ''}{soc}: {run['exit_status'] or 'open'}, "
+                     + ", ".join(f"{n} {stream}" for stream, n in frames.items()) + f"  {run['file'] or ''}")
 
 
 @tomo_app.command("enhance")

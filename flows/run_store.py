@@ -273,6 +273,11 @@ class RunStore:
     def __repr__(self) -> str:
         return f"RunStore({str(self.data_dir)!r}{', closed' if self._closed else ''})"
 
+    @property
+    def catalog_path(self) -> Path:
+        """The SQLite catalog file (``tiled/catalog.db``)."""
+        return self.tiled_dir / CATALOG_FILE
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; open it again with RunStore.open(data_dir)")

@@ -69,6 +69,15 @@ def read_scan_file(path: str | Path) -> ScanData:
                     parts["darks"].astype(np.float32), angle[last & (key == PROJECTION)].astype(np.float64))
 
 
+def scan_attempts(path: str | Path) -> int:
+    """How many times the scan in ``path`` was started: 1, plus one per suspension that repeated it."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        attempt = handle[FRAME_DATASETS["attempt"]][...]
+    return int(attempt.max()) + 1 if len(attempt) else 0
+
+
 def scan_quality(path: str | Path) -> str:
     """The acquisition quality (``"hq"`` / ``"lq"``) the detector wrote into a scan file's ``/entry``.
 
@@ -266,6 +275,7 @@ def summary_json(summary: dict[str, Any]) -> str:
     return json.dumps(clean(summary))
 
 
-__all__ = ["QUALITIES", "ScanData", "read_scan_file", "reconstruct_slices", "hq_reference_rows", "lq_over_hq_field",
+__all__ = ["QUALITIES", "ScanData", "read_scan_file", "scan_attempts", "reconstruct_slices", "hq_reference_rows",
+           "lq_over_hq_field",
            "quantify", "compare_qualities", "save_before_after", "load_model", "summary_json",
            "DEFAULT_INDI_MODEL"]

@@ -30,6 +30,7 @@ from flows.tomo import (
     reconstruct_slices,
     save_before_after,
     save_steps_plot,
+    scan_attempts,
 )
 from models.indi import upsample_lq
 from models.tomo_metrics import segment_particles
@@ -159,26 +160,46 @@ class EndOfRunProcessing:
         return {uid: future.result(timeout) for uid, future in list(self.results.items())}
 
 
+def open_run_store(data_dir: Path) -> Any:
+    """The Tiled run store of ``data_dir`` (:class:`flows.run_store.RunStore`), or None without Tiled installed
+    (the documents still go to ``documents.jsonl``)."""
+    try:
+        from flows.run_store import RunStore
+    except ImportError:
+        logging.getLogger(__name__).warning("Tiled is not installed: runs go to documents.jsonl only")
+        return None
+    return RunStore.open(data_dir)
+
+
 @flow(name="tomo-dry-run")
 def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_timepoints: int = 3,
                  c_rate: float = 2.0, interval_min: float = 15.0, n_projections: int = 180,
-                 steps: int = 8) -> dict[str, Any]:
+                 steps: int = 8, beam_loss: bool = True) -> dict[str, Any]:
     """The in-situ series on the simulated beamline, end-of-run processing, and the quality comparison.
 
     The cell (``seed``) is not the one the InDI model was trained on. LQ scans at ``n_timepoints`` states of
     charge (open-circuit hold before each), then one HQ reference scan at the final state; all documents go to
-    ``data_dir/documents.jsonl``. The returned summary compares LQ, HQ and enhanced slices of the final state
-    over the HQ field of view (``resolution_nm`` and ``cnr``, each with ``lq``, ``hq``, ``enhanced``).
+    ``data_dir/documents.jsonl`` and to the Tiled catalog in ``data_dir/tiled``. The returned summary compares
+    LQ, HQ and enhanced slices of the final state over the HQ field of view (``resolution_nm`` and ``cnr``, each
+    with ``lq``, ``hq``, ``enhanced``); ``scans`` gives each scan's run ``uid`` and ``attempts``, and
+    ``tiled_catalog`` the catalog. With ``beam_loss`` the beam drops halfway through the HQ reference scan: the
+    run suspends until it is back and the scan is repeated (``attempts`` 2).
     """
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    beamline = SimulatedBeamline(data / "raw", seed=seed, time_compression=600.0, beam_outage_s=60.0)
+    # a 20-min outage (2 s of wall time here): the suspender has ample time to take the spoilt frame over
+    beamline = SimulatedBeamline(data / "raw", seed=seed, time_compression=600.0, beam_outage_s=1200.0)
     station = TomoStation.simulated(beamline, quality="lq")
+    if beam_loss:  # the fault counts projection frames: this one is halfway through the HQ reference scan
+        beamline.faults.arm("beam_loss", skip=n_timepoints * n_projections + n_projections // 2)
     engine = RunEngine({})
     log = DocumentLog(data / "documents.jsonl")
     processed = data / "processed"
     processing = EndOfRunProcessing(processed, model_dir, steps)  # each scan as soon as its run closes
+    store = open_run_store(data)
     engine.subscribe(log)
+    if store is not None:
+        engine.subscribe(store.writer)
     engine.subscribe(processing)
     engine.install_suspender(beam_suspender(station.beam))
     devices = (station.detector, station.rotation, station.sample_stage, station.shutter)
@@ -189,9 +210,12 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
         engine(tomo_scan(*devices, n_projections=n_projections, quality="hq", potentiostat=station.potentiostat))
     finally:
         log.close()
+        if store is not None:
+            store.close()
     results = processing.wait()
     runs = processing.collector.runs
-    scans = [{**run, **results[run["uid"]]} for run in runs if run["uid"] in results]
+    scans = [{**run, **results[run["uid"]], "attempts": scan_attempts(run["file"])} for run in runs
+             if run["uid"] in results]
     lq_final = next(r for r in reversed(runs) if r["quality"] == "lq" and r["file"])
     hq_final = next(r for r in reversed(runs) if r["quality"] == "hq" and r["file"])
     lq_volume, _ = reconstruct_slices(read_scan_file(lq_final["file"]), QUALITIES["lq"].voxel_nm)
@@ -206,7 +230,9 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
                             title=f"final state of charge {hq_final['soc']:.2f}")
     summary = {
         "data_dir": str(data),
-        "scans": [{k: s[k] for k in ("timepoint", "soc", "quality", "file", "center_px") if k in s} for s in scans],
+        "scans": [{k: s[k] for k in ("uid", "timepoint", "soc", "quality", "file", "attempts", "center_px") if k in s}
+                  for s in scans],
+        "tiled_catalog": None if store is None else str(store.catalog_path),
         "resolution_nm": {k: comparison[k]["resolution_nm"] for k in ("lq", "hq", "enhanced", "truth")},
         "cnr": {k: comparison[k]["cnr"] for k in ("lq", "hq", "enhanced", "truth")},
         "fidelity": {k: {m: comparison[k][m] for m in ("psnr_db", "ssim", "sift_matches")}

@@ -1,14 +1,17 @@
-"""``morphloop indi train``, ``morphloop tomo enhance``, ``tomo dry-run`` and ``tomo process`` end to end."""
+"""``morphloop indi train``, ``morphloop tomo enhance``, ``tomo dry-run``, ``tomo runs`` and ``tomo process`` end to
+end."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import tifffile
 
 from cli_runner import invoke
+from devices.station import DATA_PATH, FRAME_DATASETS
 from flows.tomo import DEFAULT_INDI_MODEL
 from models.volume_io import read_volume
 
@@ -120,6 +123,36 @@ def test_tomo_dry_run_json(tmp_path, prefect_harness):
     assert fidelity["enhanced"]["psnr_db"] > fidelity["lq"]["psnr_db"]
     assert fidelity["enhanced"]["sift_matches"] > fidelity["lq"]["sift_matches"]  # paper 001's congruent points
     assert (tmp_path / "run" / "documents.jsonl").is_file()
+    assert_scans_are_in_tiled(tmp_path / "run", summary)
+
+
+def assert_scans_are_in_tiled(data_dir: Path, summary: dict) -> None:
+    """Every scan of the dry run is in the Tiled catalog with the frames of its complete (last) attempt, as
+    ``tomo runs`` lists them and as ``RunStore.read_frames`` reads them."""
+    from flows.run_store import RunStore
+
+    assert summary["tiled_catalog"] == str((data_dir / "tiled" / "catalog.db").absolute())
+    listed = invoke("tomo", "runs", "--data-dir", data_dir, "--json")
+    assert listed.exit_code == 0, listed.stderr
+    runs = [json.loads(line) for line in listed.stdout.strip().splitlines()]
+    assert [r["uid"] for r in runs] == [s["uid"] for s in summary["scans"]]
+    assert [r["file"] for r in runs] == [str(Path(s["file"]).absolute()) for s in summary["scans"]]
+    assert [r["quality"] for r in runs] == ["lq", "lq", "lq", "hq"] and runs[0]["timepoint"] == 0
+    assert [s["attempts"] for s in summary["scans"]] == [1, 1, 1, 2]  # the beam drops during the HQ scan
+    repeated = 0
+    with RunStore.open(data_dir) as store:
+        for run in runs:
+            assert run["exit_status"] == "success" and run["frames"]["primary"] == 180
+            with h5py.File(run["file"], "r") as f:
+                data, keys, attempt = f[DATA_PATH][()], f[FRAME_DATASETS["image_key"]][()], f[
+                    FRAME_DATASETS["attempt"]][()]
+            repeated += attempt.max() > 0
+            last = attempt == attempt.max()
+            for stream, key in (("primary", 0), ("flat", 1), ("dark", 2)):
+                assert run["frames"][stream] == int(np.sum(last & (keys == key)))
+            np.testing.assert_array_equal(store.read_frames(run["uid"]), data[last & (keys == 0)])
+    assert repeated == 1
+    assert invoke("tomo", "runs", "--data-dir", data_dir / "nope").exit_code == 2
 
 
 def test_simulate_pair_rows_sets_the_depth_of_the_training_pair(tmp_path):
