@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from flows.tomo import read_scan_file, scan_attempts
 
 profile_ops = pytest.importorskip("bluesky_queueserver.manager.profile_ops")
 
@@ -74,7 +77,7 @@ def test_a_queued_insitu_series_survives_a_beam_loss_and_every_scan_is_processed
                                         allowed_plans=plans, allowed_devices=devices, nspace=station)
     assert prepared["args"][1] is station["detector"]  # names became the namespace's devices
     beamline = station["_beamline"]
-    beamline.faults.arm("beam_loss", skip=2 + 2 + 5)  # the first scan loses the beam at its 6th projection
+    beamline.faults.arm("beam_loss", skip=5)  # the first scan loses the beam at its 6th projection
     uids = station["RE"](prepared["callable"](*prepared["args"], **prepared["kwargs"]))
     assert len(uids) == 2 and beamline.faults.pending("beam_loss") == 0
     results = station["end_of_run"].wait(timeout=300)
@@ -87,6 +90,15 @@ def test_a_queued_insitu_series_survives_a_beam_loss_and_every_scan_is_processed
     assert [s["exit_status"] for s in stops] == ["success", "success"]
     starts = [d["doc"] for d in documents if d["name"] == "start"]
     assert [s["timepoint"] for s in starts] == [0, 1] and starts[1]["soc"] > starts[0]["soc"]
+    # both runs are in the profile's Tiled catalog; the interrupted scan reads as its complete repeat
+    store = station["_run_store"]
+    assert store.runs() == list(uids)
+    first = store.run_summary(uids[0])
+    assert first["exit_status"] == "success" and first["start"]["timepoint"] == 0
+    scan = read_scan_file(first["images"][0]["path"])
+    assert scan_attempts(first["images"][0]["path"]) == 2
+    np.testing.assert_array_equal(store.read_frames(uids[0]), scan.projections)
+    np.testing.assert_array_equal(store.read_frames(uids[0], "flat"), scan.flats)
 
 
 def test_a_failed_or_empty_run_is_skipped_not_processed(tmp_path):

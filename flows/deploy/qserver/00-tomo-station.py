@@ -9,7 +9,8 @@
     qserver queue start
 
 Devices are passed by name. Every Bluesky document is appended to ``$MORPHLOOP_BEAMLINE_DIR/documents.jsonl``
-(default ``data/beamline``), frames go to HDF5 files under ``raw/``, and each scan that closes successfully is
+(default ``data/beamline``) and written to the Tiled catalog in its ``tiled/`` folder (``morphloop tomo runs
+--data-dir $MORPHLOOP_BEAMLINE_DIR`` lists the runs), frames go to HDF5 files under ``raw/``, and each scan that closes successfully is
 reconstructed, enhanced with InDI (``$MORPHLOOP_INDI_MODEL``, default the shipped model) and quantified by the
 Prefect flow ``tomo-end-of-run`` in a background thread, into ``processed/``. A beam loss suspends the run and
 the interrupted scan is repeated. After changing the plans or devices, regenerate the list the manager checks
@@ -26,6 +27,7 @@ from bluesky_queueserver import parameter_annotation_decorator
 import devices.tomo_plans as _plans
 from devices.beamline import TomoStation
 from devices.beamline_sim import SimulatedBeamline
+from flows.run_store import RunStore
 from flows.simulate import DocumentLog
 from flows.tomo_flow import EndOfRunProcessing
 from simulators.tomography import QUALITIES
@@ -41,6 +43,8 @@ shutter, potentiostat, beam = _station.shutter, _station.potentiostat, _station.
 
 RE = RunEngine({})
 RE.subscribe(DocumentLog(_data_dir / "documents.jsonl"))
+_run_store = RunStore.open(_data_dir)  # Tiled catalog in tiled/: `morphloop tomo runs --data-dir $DIR` lists it
+RE.subscribe(_run_store.writer)
 end_of_run = EndOfRunProcessing(_data_dir / "processed", model_dir=os.environ.get("MORPHLOOP_INDI_MODEL"))
 RE.subscribe(end_of_run)
 RE.install_suspender(_plans.beam_suspender(beam))
