@@ -28,6 +28,8 @@ def dry_run(
     steps: int = typer.Option(8, "--steps", help="InDI sampling steps."),
     cell: int = typer.Option(7, "--cell", help="Seed of the simulated electrode cell (the shipped model was trained "
                                                "on cell 101; any other is unseen)."),
+    noise_seed: Optional[int] = typer.Option(None, "--noise-seed", help="Seed of the detector's noise and column "
+                                             "gains (default: --cell): the same cell, another noise draw."),
     beam_loss: bool = typer.Option(True, "--beam-loss/--no-beam-loss",
                                    help="Drop the beam halfway through the HQ reference scan (the run suspends and "
                                         "the scan is repeated once the beam is back)."),
@@ -36,8 +38,8 @@ def dry_run(
     """The in-situ plan on the simulated beamline (LQ scans at three states of charge with an open-circuit hold
     before each, one HQ reference), the end-of-run flow on every scan, and LQ vs enhanced vs HQ figures. Every
     run is in the Tiled catalog of --data-dir (``morphloop tomo runs``)."""
-    if steps < 1 or cell < 0:
-        _err(f"error: --steps must be >= 1 and --cell >= 0, got {steps} and {cell}")
+    if steps < 1 or cell < 0 or (noise_seed is not None and noise_seed < 0):
+        _err(f"error: --steps must be >= 1 and --cell and --noise-seed >= 0, got {steps}, {cell} and {noise_seed}")
         raise typer.Exit(2)
     model_dir = _check_model(model)
     if (data_dir / "documents.jsonl").exists():
@@ -46,7 +48,8 @@ def dry_run(
     from flows.tomo import summary_json
     from flows.tomo_flow import tomo_dry_run
 
-    summary = tomo_dry_run(str(data_dir), model_dir=model_dir, seed=cell, steps=steps, beam_loss=beam_loss)
+    summary = tomo_dry_run(str(data_dir), model_dir=model_dir, seed=cell, steps=steps, beam_loss=beam_loss,
+                           noise_seed=noise_seed)
     if as_json:
         print(summary_json(summary), flush=True)
     else:

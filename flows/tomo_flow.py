@@ -35,7 +35,7 @@ from flows.tomo import (
 from models.indi import upsample_lq
 from models.tomo_metrics import segment_particles
 from models.volume_io import write_volume
-from simulators.tomography import QUALITIES
+from simulators.tomography import QUALITIES, ElectrodeCell
 
 
 @task(name="reconstruct")
@@ -174,7 +174,7 @@ def open_run_store(data_dir: Path) -> Any:
 @flow(name="tomo-dry-run")
 def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_timepoints: int = 3,
                  c_rate: float = 2.0, interval_min: float = 15.0, n_projections: int = 180,
-                 steps: int = 8, beam_loss: bool = True) -> dict[str, Any]:
+                 steps: int = 8, beam_loss: bool = True, noise_seed: int | None = None) -> dict[str, Any]:
     """The in-situ series on the simulated beamline, end-of-run processing, and the quality comparison.
 
     The cell (``seed``) is not the one the InDI model was trained on. LQ scans at ``n_timepoints`` states of
@@ -183,12 +183,14 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
     LQ, HQ and enhanced slices of the final state over the HQ field of view (``resolution_nm`` and ``cnr``, each
     with ``lq``, ``hq``, ``enhanced``); ``scans`` gives each scan's run ``uid`` and ``attempts``, and
     ``tiled_catalog`` the catalog. With ``beam_loss`` the beam drops halfway through the HQ reference scan: the
-    run suspends until it is back and the scan is repeated (``attempts`` 2).
+    run suspends until it is back and the scan is repeated (``attempts`` 2). ``noise_seed`` (default ``seed``)
+    draws the detector's noise and column gains: the same cell scanned by another detector realisation.
     """
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True)
     # a 20-min outage (2 s of wall time here): the suspender has ample time to take the spoilt frame over
-    beamline = SimulatedBeamline(data / "raw", seed=seed, time_compression=600.0, beam_outage_s=1200.0)
+    beamline = SimulatedBeamline(data / "raw", seed=seed if noise_seed is None else noise_seed,
+                                 cell=ElectrodeCell(seed=seed), time_compression=600.0, beam_outage_s=1200.0)
     station = TomoStation.simulated(beamline, quality="lq")
     if beam_loss:  # the fault counts projection frames: this one is halfway through the HQ reference scan
         beamline.faults.arm("beam_loss", skip=n_timepoints * n_projections + n_projections // 2)

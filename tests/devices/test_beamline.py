@@ -366,3 +366,15 @@ def test_epics_mode_is_defined_without_an_ioc():
         Shutter(mode="epics")
     with pytest.raises(ValueError, match="SimulatedBeamline"):
         Shutter(mode="sim")
+
+
+def test_the_beamline_seed_draws_the_detector_noise_and_the_cell_is_the_sample(tmp_path):
+    """What ``tomo dry-run --noise-seed`` relies on: another seed, the same cell, another noise draw."""
+    cell = ElectrodeCell(seed=7)
+    beamlines = [SimulatedBeamline(tmp_path / str(s), seed=s, cell=cell, time_compression=None)
+                 for s in (7, 7, 1000)]
+    for beamline in beamlines:
+        beamline.shutter_open = True  # sample in the beam: a projection
+    a, b, c = (beamline.acquire_frame(QUALITIES["lq"], 1.0, threading.Event()).data for beamline in beamlines)
+    np.testing.assert_array_equal(a, b)  # a beamline replays identically
+    assert not np.array_equal(a, c) and abs(a.mean() - c.mean()) < 0.05 * a.mean()  # same sample, other noise

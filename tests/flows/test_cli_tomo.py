@@ -172,10 +172,11 @@ def test_simulate_pair_rejects_rows_that_do_not_nest(tmp_path):
     assert not (tmp_path / "lq.npy").exists()
 
 
-def test_tomo_dry_run_rejects_a_negative_cell_before_scanning(tmp_path):
-    result = invoke("tomo", "dry-run", "--data-dir", tmp_path / "run", "--cell", -1)
+@pytest.mark.parametrize("flag", ["--cell", "--noise-seed"])
+def test_tomo_dry_run_rejects_a_negative_seed_before_scanning(tmp_path, flag):
+    result = invoke("tomo", "dry-run", "--data-dir", tmp_path / "run", flag, -1)
     assert result.exit_code == 2
-    assert "--cell" in result.stderr
+    assert flag in result.stderr
     assert not (tmp_path / "run").exists()
 
 
