@@ -119,7 +119,8 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run on stdout."),
 ) -> None:
     """Every run in the folder's Tiled catalog, oldest first: plan, quality, timepoint and state of charge, how it
-    ended, its scan file and the frames of each stream (after a beam loss, those of the repeated scan)."""
+    ended, its scan file, the frames of each stream (after a beam loss, those of the repeated scan) and the events
+    a suspension made it take again."""
     if not (data_dir / "tiled" / "catalog.db").is_file():
         _err(f"error: no Tiled catalog in {data_dir} (expected {data_dir / 'tiled' / 'catalog.db'}); pass the "
              "--data-dir of a dry run or the queue-server profile's MORPHLOOP_BEAMLINE_DIR")
@@ -137,13 +138,16 @@ def runs(
             run = {"uid": uid, "plan_name": summary["plan_name"],
                    **{k: start.get(k) for k in ("quality", "timepoint", "soc", "insitu_id")},
                    "exit_status": summary["exit_status"], "reason": summary["reason"] or None,
-                   "file": summary["images"][0]["path"] if summary["images"] else None, "frames": frames}
+                   "file": summary["images"][0]["path"] if summary["images"] else None, "frames": frames,
+                   "repeated_events": summary["repeated_events"]}
             if as_json:
                 print(summary_json(run), flush=True)
             else:
                 soc = "" if run["soc"] is None else f", state of charge {run['soc']:.2f}"
+                repeated = sum(run["repeated_events"].values())
+                again = f" ({repeated} events taken again after a suspension)" if repeated else ""
                 _err(f"{uid}  {run['plan_name']} {run['quality'] or ''}{soc}: {run['exit_status'] or 'open'}, "
-                     + ", ".join(f"{n} {stream}" for stream, n in frames.items()) + f"  {run['file'] or ''}")
+                     + ", ".join(f"{n} {stream}" for stream, n in frames.items()) + f"{again}  {run['file'] or ''}")
 
 
 @tomo_app.command("enhance")

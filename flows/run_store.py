@@ -351,7 +351,9 @@ class RunStore:
             (None when the start document lacks them), ``exit_status`` and ``reason`` (None while the run is
             open), ``start`` (the whole start document), ``streams`` (names) and ``images``: one dict per
             externally stored frame, in acquisition order, with ``stream``, ``key``, ``index``, ``path`` (the
-            file Tiled reads) and that event's readings (``sem_magnification``, ``sem_pixel_size_um``, ...).
+            file Tiled reads), ``file_row`` (HDF5 frames) and that event's readings (``sem_magnification``,
+            ``sem_pixel_size_um``, ...); ``repeated_events``: per stream, the events a suspension made the plan
+            take again (the rewound ones, replaced by their repeats; empty when nothing was repeated).
         """
         run = self._run(uid)
         md = run.metadata
@@ -359,14 +361,19 @@ class RunStore:
         summary = {key: start.get(key) for key in
                    ("plan_name", "sample_id", "experiment_id", "conditions", "magnifications")}
         summary.update(uid=uid, exit_status=stop.get("exit_status"), reason=stop.get("reason"), start=start,
-                       streams=list(run.keys()), images=[])
+                       streams=list(run.keys()), images=[], repeated_events={})
         for stream in summary["streams"]:
-            summary["images"].extend(self._frames(run[stream].base, stream))
+            node = run[stream].base
+            table = node["internal"].read() if "internal" in node.keys() else None
+            if table is not None and (repeated := int(table["seq_num"].duplicated().sum())):
+                summary["repeated_events"][stream] = repeated
+            summary["images"].extend(self._frames(node, stream, table))
         return summary
 
-    def _frames(self, stream_node: Any, stream: str) -> list[dict[str, Any]]:
-        """Externally stored frames of one stream, each with the readings of its event (the last event of each
-        ``seq_num``: after a rewind the repeated event replaces the interrupted one, as the frames do)."""
+    def _frames(self, stream_node: Any, stream: str, table: Any = None) -> list[dict[str, Any]]:
+        """Externally stored frames of one stream, each with the readings of its event in ``table`` (the stream's
+        internal data; the last event of each ``seq_num``: after a rewind the repeated event replaces the
+        interrupted one, as the frames do)."""
         external = {}
         for key in stream_node.keys():
             if key != "internal" and (paths := _external_assets(stream_node[key])) is not None:
@@ -374,8 +381,8 @@ class RunStore:
         if not external:
             return []
         rows: list[dict[str, Any]] = []
-        if "internal" in stream_node.keys():
-            table = stream_node["internal"].read().drop_duplicates("seq_num", keep="last")
+        if table is not None:
+            table = table.drop_duplicates("seq_num", keep="last")
             columns = [c for c in table.columns if not c.startswith("ts_") and c != "time"]
             rows = [{c: _plain(v) for c, v in zip(columns, values)}
                     for values in table.sort_values("seq_num")[columns].itertuples(index=False)]

@@ -139,6 +139,7 @@ def assert_scans_are_in_tiled(data_dir: Path, summary: dict) -> None:
     assert [r["file"] for r in runs] == [str(Path(s["file"]).absolute()) for s in summary["scans"]]
     assert [r["quality"] for r in runs] == ["lq", "lq", "lq", "hq"] and runs[0]["timepoint"] == 0
     assert [s["attempts"] for s in summary["scans"]] == [1, 1, 1, 2]  # the beam drops during the HQ scan
+    assert [bool(r["repeated_events"]) for r in runs] == [False, False, False, True]
     repeated = 0
     with RunStore.open(data_dir) as store:
         for run in runs:

@@ -113,6 +113,9 @@ def test_the_summary_pairs_each_frame_with_its_file_row_and_the_readings_of_its_
     assert [f["image_key"][r] for r in rows] == [0] * N and min(f["attempt"][rows]) == f["attempt"].max()
     assert [i["rotation_readback"] for i in projections] == pytest.approx([180.0 * k / N for k in range(N)])
     assert [i["stream"] for i in summary["images"]].count("dark") == DARKS
+    # the interrupted attempt's darks, flats and 5 projections were taken again
+    assert summary["repeated_events"] == {"dark": DARKS, "flat": FLATS, "primary": 5}
+    assert store.run_summary(runs["interleaved"][0])["repeated_events"] == {}
 
 
 def test_interleaved_streams_each_read_their_own_rows_of_the_file(recorded, store):
