@@ -146,7 +146,8 @@ def runs(
                 soc = "" if run["soc"] is None else f", state of charge {run['soc']:.2f}"
                 repeated = sum(run["repeated_events"].values())
                 again = f" ({repeated} events taken again after a suspension)" if repeated else ""
-                _err(f"{uid}  {run['plan_name']} {run['quality'] or ''}{soc}: {run['exit_status'] or 'open'}, "
+                quality = f" {run['quality']}" if run["quality"] else ""
+                _err(f"{uid}  {run['plan_name']}{quality}{soc}: {run['exit_status'] or 'open'}, "
                      + ", ".join(f"{n} {stream}" for stream, n in frames.items()) + f"{again}  {run['file'] or ''}")
 
 
