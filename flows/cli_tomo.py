@@ -128,7 +128,12 @@ def runs(
     from flows.run_store import RunStore
     from flows.tomo import summary_json
 
-    with RunStore.open(data_dir) as store:
+    try:
+        store = RunStore.open(data_dir)
+    except Exception as exc:  # noqa: BLE001 -- a damaged or foreign catalog: say so, no traceback
+        _err(f"error: cannot open the Tiled catalog {data_dir / 'tiled' / 'catalog.db'}: {exc}")
+        raise typer.Exit(2)
+    with store:
         for uid in store.runs():
             summary = store.run_summary(uid)
             start = summary["start"]

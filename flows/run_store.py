@@ -61,6 +61,10 @@ class StoreNotWritable(PermissionError):
     """The data directory (or its ``tiled/`` folder) cannot be created or written."""
 
 
+class StoreNotReadable(ValueError):
+    """``data_dir/tiled/catalog.db`` exists but is not a catalog (damaged, or another program's file)."""
+
+
 class RunNotFound(KeyError):
     """No run with that uid in the catalog."""
 
@@ -216,6 +220,8 @@ class RunStore:
         ------
         StoreNotWritable
             ``data_dir/tiled`` cannot be created or written.
+        StoreNotReadable
+            ``data_dir/tiled/catalog.db`` is not a SQLite database.
         """
         data_dir = Path(data_dir).expanduser().absolute()
         tiled_dir = _writable_tiled_dir(data_dir)
@@ -231,6 +237,11 @@ class RunStore:
         catalog_path = tiled_dir / CATALOG_FILE
         catalog_uri = f"sqlite:///{catalog_path}"
         fresh = not catalog_path.exists() or catalog_path.stat().st_size == 0
+        if not fresh:
+            with open(catalog_path, "rb") as handle:
+                if handle.read(16) != b"SQLite format 3\x00":
+                    raise StoreNotReadable(f"{catalog_path} is not a SQLite database, so not a Tiled catalog; move "
+                                           "it aside (the runs' files are untouched) or pass another data directory")
         catalog = catalog_from_uri(
             catalog_uri,
             writable_storage=[str(tiled_dir / DATA_DIR), f"sqlite:///{tiled_dir / TABLES_FILE}"],

@@ -156,6 +156,16 @@ def assert_scans_are_in_tiled(data_dir: Path, summary: dict) -> None:
     assert invoke("tomo", "runs", "--data-dir", data_dir / "nope").exit_code == 2
 
 
+def test_tomo_runs_refuses_a_folder_without_a_readable_catalog(tmp_path):
+    missing = invoke("tomo", "runs", "--data-dir", tmp_path)
+    assert missing.exit_code == 2 and "no Tiled catalog" in missing.stderr
+    (tmp_path / "tiled").mkdir()
+    (tmp_path / "tiled" / "catalog.db").write_text("not a database")
+    damaged = invoke("tomo", "runs", "--data-dir", tmp_path)
+    assert damaged.exit_code == 2 and "cannot open the Tiled catalog" in damaged.stderr
+    assert "Traceback" not in damaged.stderr
+
+
 def test_simulate_pair_rows_sets_the_depth_of_the_training_pair(tmp_path):
     result = invoke("tomo", "simulate-pair", "--out", tmp_path, "--seed", 3, "--rows", 8)
     assert result.exit_code == 0, result.stderr

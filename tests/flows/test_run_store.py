@@ -20,7 +20,8 @@ from devices.lab import SimulatedLab  # noqa: E402
 from devices.plans import synthesize_and_image  # noqa: E402
 from devices.reactor import Reactor  # noqa: E402
 from devices.sem import SEM  # noqa: E402
-from flows.run_store import BACKUP_DIR, CATALOG_FILE, RunNotFound, RunStore, StoreNotWritable  # noqa: E402
+from flows.run_store import (BACKUP_DIR, CATALOG_FILE, RunNotFound, RunStore, StoreNotReadable,  # noqa: E402
+                             StoreNotWritable)
 
 SHAPE = (128, 128)
 # bluesky 1.15's TiledWriter calls tiled 0.2's append_partition with the old argument order (tiled accepts it).
@@ -195,3 +196,11 @@ def test_opening_in_a_read_only_directory_raises_a_clear_error(tmp_path):
             RunStore.open(locked)
     finally:
         locked.chmod(0o700)
+
+
+def test_a_catalog_file_that_is_not_a_database_is_refused_before_any_server_starts(tmp_path):
+    (tmp_path / "tiled").mkdir()
+    (tmp_path / "tiled" / CATALOG_FILE).write_bytes(b"half-written\x00garbage")
+    with pytest.raises(StoreNotReadable, match="not a SQLite database.*move it aside"):
+        RunStore.open(tmp_path)
+    assert (tmp_path / "tiled" / CATALOG_FILE).read_bytes() == b"half-written\x00garbage"  # left as it was
