@@ -21,6 +21,10 @@ registers those files as external arrays (nothing is copied into the catalog):
     attempt;
   - :class:`HDF5FrameRowsAdapter` serves those rows (lazily, through Dask) from the file.
 
+:class:`FrameRowsNormalizer` overrides a private method of bluesky 1.15's ``RunNormalizer`` and reads its caches
+(``_sres_cache``, ``_desc_name_by_uid``, ``_emitted``): ``tests/flows/test_tiled_frames.py`` fails if a bluesky
+release changes them.
+
 Register the consolidators with :func:`register_consolidators` before the first run is written, give
 ``TiledWriter`` :data:`SPEC_TO_MIMETYPE` and ``normalizer=FrameRowsNormalizer``, and give the catalog
 :data:`ADAPTERS_BY_MIMETYPE`.
