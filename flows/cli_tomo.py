@@ -119,8 +119,8 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run on stdout."),
 ) -> None:
     """Every run in the folder's Tiled catalog, oldest first: plan, quality, timepoint and state of charge, how it
-    ended, its scan file, the frames of each stream (after a beam loss, those of the repeated scan) and the events
-    a suspension made it take again."""
+    ended, its scan file, the frames of each stream (after a beam loss, those of the repeated scan), the events
+    a suspension made it take again, and the end-of-run processing's figures once they are attached."""
     if not (data_dir / "tiled" / "catalog.db").is_file():
         _err(f"error: no Tiled catalog in {data_dir} (expected {data_dir / 'tiled' / 'catalog.db'}); pass the "
              "--data-dir of a dry run or the queue-server profile's MORPHLOOP_BEAMLINE_DIR")
@@ -144,7 +144,8 @@ def runs(
                    **{k: start.get(k) for k in ("quality", "timepoint", "soc", "insitu_id")},
                    "exit_status": summary["exit_status"], "reason": summary["reason"] or None,
                    "file": summary["images"][0]["path"] if summary["images"] else None, "frames": frames,
-                   "repeated_events": summary["repeated_events"]}
+                   "repeated_events": summary["repeated_events"],
+                   "end_of_run": summary["annotations"].get("end_of_run")}
             if as_json:
                 print(summary_json(run), flush=True)
             else:
@@ -152,6 +153,11 @@ def runs(
                 repeated = sum(run["repeated_events"].values())
                 again = f" ({repeated} events taken again after a suspension)" if repeated else ""
                 quality = f" {run['quality']}" if run["quality"] else ""
+                processed = run["end_of_run"] or {}
+                figures = processed.get("enhanced") or processed.get(run["quality"] or "")
+                if figures and figures.get("resolution_nm") is not None and figures.get("cnr") is not None:
+                    again += (f"; processed: {'enhanced ' if 'enhanced' in processed else ''}resolution "
+                              f"{figures['resolution_nm']:.0f} nm, CNR {figures['cnr']:.2f}")
                 _err(f"{uid}  {run['plan_name']}{quality}{soc}: {run['exit_status'] or 'open'}, "
                      + ", ".join(f"{n} {stream}" for stream, n in frames.items()) + f"{again}  {run['file'] or ''}")
 

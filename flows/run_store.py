@@ -364,7 +364,8 @@ class RunStore:
             externally stored frame, in acquisition order, with ``stream``, ``key``, ``index``, ``path`` (the
             file Tiled reads), ``file_row`` (HDF5 frames) and that event's readings (``sem_magnification``,
             ``sem_pixel_size_um``, ...); ``repeated_events``: per stream, the events a suspension made the plan
-            take again (the rewound ones, replaced by their repeats; empty when nothing was repeated).
+            take again (the rewound ones, replaced by their repeats; empty when nothing was repeated);
+            ``annotations``: what :meth:`annotate` attached (e.g. ``end_of_run``, the tomography processing).
         """
         run = self._run(uid)
         md = run.metadata
@@ -372,7 +373,8 @@ class RunStore:
         summary = {key: start.get(key) for key in
                    ("plan_name", "sample_id", "experiment_id", "conditions", "magnifications")}
         summary.update(uid=uid, exit_status=stop.get("exit_status"), reason=stop.get("reason"), start=start,
-                       streams=list(run.keys()), images=[], repeated_events={})
+                       streams=list(run.keys()), images=[], repeated_events={},
+                       annotations={k: v for k, v in md.items() if k not in ("start", "stop")})
         for stream in summary["streams"]:
             node = run[stream].base
             table = node["internal"].read() if "internal" in node.keys() else None
@@ -380,6 +382,22 @@ class RunStore:
                 summary["repeated_events"][stream] = repeated
             summary["images"].extend(self._frames(node, stream, table))
         return summary
+
+    def annotate(self, uid: str, key: str, value: Any) -> None:
+        """Attach analysis results to a run: ``value`` (JSON-able) under ``key`` of the run's metadata, beside
+        ``start`` and ``stop`` (which cannot be overwritten). :meth:`run_summary` returns them as
+        ``annotations``.
+
+        Raises
+        ------
+        RunNotFound
+            Unknown run.
+        ValueError
+            ``key`` is ``start`` or ``stop``.
+        """
+        if key in ("start", "stop"):
+            raise ValueError(f"{key!r} holds the run's own document; annotate under another key")
+        self._run(uid).update_metadata(metadata={key: value})
 
     def _frames(self, stream_node: Any, stream: str, table: Any = None) -> list[dict[str, Any]]:
         """Externally stored frames of one stream, each with the readings of its event in ``table`` (the stream's

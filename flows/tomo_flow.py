@@ -6,6 +6,7 @@ high-quality reference scan, the end-of-run flow on every scan, and the LQ / HQ 
 """
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +32,7 @@ from flows.tomo import (
     save_before_after,
     save_steps_plot,
     scan_attempts,
+    summary_json,
 )
 from models.indi import upsample_lq
 from models.tomo_metrics import segment_particles
@@ -128,11 +130,14 @@ class EndOfRunProcessing:
     the next plan (or the next in-situ timepoint) while the last scan is reconstructed and enhanced: what the
     queue-server profile subscribes (``flows/deploy/qserver/``). A run without frames (no HDF5 resource) or that
     did not end in success is logged and skipped. ``results`` maps each processed run's uid to a future of the
-    flow's result; :meth:`wait` blocks until all are done.
+    flow's result; :meth:`wait` blocks until all are done. With a ``store`` (:class:`flows.run_store.RunStore`)
+    each result is also attached to its run in Tiled, as the annotation ``end_of_run``.
     """
 
-    def __init__(self, out_dir: str | Path, model_dir: str | None = None, steps: int = 8, rows: int = 4) -> None:
+    def __init__(self, out_dir: str | Path, model_dir: str | None = None, steps: int = 8, rows: int = 4,
+                 store: Any = None) -> None:
         self.out_dir, self.model_dir, self.steps, self.rows = str(out_dir), model_dir, steps, rows
+        self.store = store
         self.collector = ScanCollector()
         self.results: dict[str, Future] = {}
         self.skipped: dict[str, str] = {}
@@ -148,8 +153,17 @@ class EndOfRunProcessing:
         elif doc.get("exit_status") != "success":
             self._skip(doc["run_start"], f"the run ended {doc.get('exit_status')}: {doc.get('reason', '')}")
         else:
-            self.results[run["uid"]] = self._executor.submit(
-                tomo_end_of_run, run["file"], run["quality"], self.out_dir, self.model_dir, self.steps, self.rows)
+            self.results[run["uid"]] = self._executor.submit(self._process, run["uid"], run["file"], run["quality"])
+
+    def _process(self, uid: str, scan_file: str, quality: str) -> dict[str, Any]:
+        result = tomo_end_of_run(scan_file, quality, self.out_dir, self.model_dir, self.steps, self.rows)
+        if self.store is not None:
+            try:  # the figures are in the result and in out_dir either way: a catalog hiccup must not lose them
+                self.store.annotate(uid, "end_of_run", json.loads(summary_json(result)))
+            except Exception as exc:  # noqa: BLE001
+                logging.getLogger(__name__).warning("could not attach the end-of-run results to run %s in "
+                                                    "Tiled: %s", uid, exc)
+        return result
 
     def _skip(self, uid: str, why: str) -> None:
         self.skipped[uid] = why
@@ -197,8 +211,8 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
     engine = RunEngine({})
     log = DocumentLog(data / "documents.jsonl")
     processed = data / "processed"
-    processing = EndOfRunProcessing(processed, model_dir, steps)  # each scan as soon as its run closes
     store = open_run_store(data)
+    processing = EndOfRunProcessing(processed, model_dir, steps, store=store)  # each scan once its run closes
     engine.subscribe(log)
     if store is not None:
         engine.subscribe(store.writer)
@@ -210,11 +224,11 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
                                  n_timepoints=n_timepoints, ocv_hold_min=1.0, quality="lq",
                                  n_projections=n_projections))
         engine(tomo_scan(*devices, n_projections=n_projections, quality="hq", potentiostat=station.potentiostat))
+        results = processing.wait()
     finally:
         log.close()
         if store is not None:
             store.close()
-    results = processing.wait()
     runs = processing.collector.runs
     scans = [{**run, **results[run["uid"]], "attempts": scan_attempts(run["file"])} for run in runs
              if run["uid"] in results]

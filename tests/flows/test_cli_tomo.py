@@ -140,6 +140,11 @@ def assert_scans_are_in_tiled(data_dir: Path, summary: dict) -> None:
     assert [r["quality"] for r in runs] == ["lq", "lq", "lq", "hq"] and runs[0]["timepoint"] == 0
     assert [s["attempts"] for s in summary["scans"]] == [1, 1, 1, 2]  # the beam drops during the HQ scan
     assert [bool(r["repeated_events"]) for r in runs] == [False, False, False, True]
+    # each scan's end-of-run figures are attached to its run
+    for run, scan in zip(runs, summary["scans"]):
+        assert run["end_of_run"]["scan"] == scan["file"]
+        assert run["end_of_run"]["center_px"] == pytest.approx(scan["center_px"])
+    assert all("enhanced" in r["end_of_run"] for r in runs[:3]) and "hq" in runs[3]["end_of_run"]
     repeated = 0
     with RunStore.open(data_dir) as store:
         for run in runs:

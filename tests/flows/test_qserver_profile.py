@@ -95,6 +95,8 @@ def test_a_queued_insitu_series_survives_a_beam_loss_and_every_scan_is_processed
     assert store.runs() == list(uids)
     first = store.run_summary(uids[0])
     assert first["exit_status"] == "success" and first["start"]["timepoint"] == 0
+    processed = first["annotations"]["end_of_run"]  # the processing's figures, attached to the run
+    assert processed["scan"] == results[uids[0]]["scan"] and "enhanced" in processed
     scan = read_scan_file(first["images"][0]["path"])
     assert scan_attempts(first["images"][0]["path"]) == 2
     np.testing.assert_array_equal(store.read_frames(uids[0]), scan.projections)

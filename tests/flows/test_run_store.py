@@ -204,3 +204,15 @@ def test_a_catalog_file_that_is_not_a_database_is_refused_before_any_server_star
     with pytest.raises(StoreNotReadable, match="not a SQLite database.*move it aside"):
         RunStore.open(tmp_path)
     assert (tmp_path / "tiled" / CATALOG_FILE).read_bytes() == b"half-written\x00garbage"  # left as it was
+
+
+def test_analysis_results_are_attached_to_a_run_and_read_back(recorded, store):
+    _, (first, second, _, _), _, _, _ = recorded
+    store.annotate(first, "analysis", {"d50_um": 3.2, "tool": "describe"})
+    assert store.run_summary(first)["annotations"] == {"analysis": {"d50_um": 3.2, "tool": "describe"}}
+    assert store.run_summary(first)["start"]["uid"] == first  # the run's own documents are untouched
+    assert store.run_summary(second)["annotations"] == {}
+    with pytest.raises(ValueError, match="'stop' holds the run's own document"):
+        store.annotate(first, "stop", {})
+    with pytest.raises(RunNotFound):
+        store.annotate("nope", "analysis", {})

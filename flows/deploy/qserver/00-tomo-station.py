@@ -45,7 +45,8 @@ RE = RunEngine({})
 RE.subscribe(DocumentLog(_data_dir / "documents.jsonl"))
 _run_store = RunStore.open(_data_dir)  # Tiled catalog in tiled/: `morphloop tomo runs --data-dir $DIR` lists it
 RE.subscribe(_run_store.writer)
-end_of_run = EndOfRunProcessing(_data_dir / "processed", model_dir=os.environ.get("MORPHLOOP_INDI_MODEL"))
+end_of_run = EndOfRunProcessing(_data_dir / "processed", model_dir=os.environ.get("MORPHLOOP_INDI_MODEL"),
+                                store=_run_store)  # each scan's figures also attached to its run in Tiled
 RE.subscribe(end_of_run)
 RE.install_suspender(_plans.beam_suspender(beam))
 
