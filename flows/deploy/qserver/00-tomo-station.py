@@ -10,9 +10,10 @@
 
 Devices are passed by name. Every Bluesky document is appended to ``$MORPHLOOP_BEAMLINE_DIR/documents.jsonl``
 (default ``data/beamline``) and written to the Tiled catalog in its ``tiled/`` folder (``morphloop tomo runs
---data-dir $MORPHLOOP_BEAMLINE_DIR`` lists the runs), frames go to HDF5 files under ``raw/``, and each scan that closes successfully is
-reconstructed, enhanced with InDI (``$MORPHLOOP_INDI_MODEL``, default the shipped model) and quantified by the
-Prefect flow ``tomo-end-of-run`` in a background thread, into ``processed/``. A beam loss suspends the run and
+--data-dir $MORPHLOOP_BEAMLINE_DIR`` lists the runs), frames go to HDF5 files under ``raw/``, and each scan that
+closes successfully is reconstructed, enhanced with InDI (``$MORPHLOOP_INDI_MODEL``, default the shipped model)
+and quantified by the Prefect flow ``tomo-end-of-run`` in a background thread, into ``processed/`` and, as the
+annotation ``end_of_run``, onto its run in Tiled. A beam loss suspends the run and
 the interrupted scan is repeated. After changing the plans or devices, regenerate the list the manager checks
 queue items against: ``qserver-list-plans-devices --startup-dir flows/deploy/qserver --file-name
 existing_plans_and_devices.yaml`` (run inside ``flows/deploy/qserver``).
