@@ -11,7 +11,8 @@ start
     ``plan_name``, ``plan_args``, ``detectors``, ``motors``, ``quality``, ``voxel_nm``, ``dose``,
     ``frame_shape`` (``[n_rows, n_cols]``), ``n_projections``, ``arc_deg``, ``angles`` (deg, the ``n_projections``
     angles ``arc_deg * k / n_projections``), ``n_darks``, ``n_flats``, ``soc`` (the potentiostat's state of charge
-    when the scan started; None without a potentiostat) and ``voltage`` -- plus the caller's ``md`` (which may add
+    when the scan started; None without a potentiostat), ``voltage`` and ``scan_file`` (the detector's HDF5 file,
+    as it reports it once staged) -- plus the caller's ``md`` (which may add
     keys, never override these). :func:`insitu_tomography` adds ``timepoint``, ``n_timepoints``, ``insitu_id``,
     ``c_rate``, ``interval_min``, ``ocv_hold_min`` and ``ocv_rest_s`` (lab seconds the cell had rested at open
     circuit when the scan started).
@@ -43,9 +44,9 @@ the current step, and re-asserting a running potentiostat step does not restart 
 (``__cause__``: ``BeamLoss``); a detector fault always does (``DetectorFault``).
 
 Message order of :func:`tomo_scan`: validate (no message) -> checkpoint -> ``mv(detector.quality)`` -> read the
-potentiostat -> stage(detector) -> open_run -> **checkpoint** -> [electrochemistry] -> shutter close -> darks ->
-sample out, shutter open -> flats -> sample in -> (rotate, trigger_and_read) x n -> [electrochemistry] -> shutter
-close -> close_run -> checkpoint -> unstage.
+potentiostat -> stage(detector) -> read its file path -> open_run -> **checkpoint** -> [electrochemistry] ->
+shutter close -> darks -> sample out, shutter open -> flats -> sample in -> (rotate, trigger_and_read) x n ->
+[electrochemistry] -> shutter close -> close_run -> checkpoint -> unstage.
 """
 
 import math
@@ -203,7 +204,8 @@ def tomo_scan(detector: AreaDetector, rotation: RotationStage, sample_stage: Sam
         yield from bps.mv(shutter, "close")
 
     def staged() -> MsgGenerator[str]:
-        uid = yield from bpp.run_wrapper(scan(), md=start)
+        scan_file = yield from bps.rd(detector.file_path)  # opened by stage(): a run can be found by its file
+        uid = yield from bpp.run_wrapper(scan(), md={**start, "scan_file": scan_file or None})
         yield from bps.checkpoint()  # later suspensions never replay this closed run
         return uid
 

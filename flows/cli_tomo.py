@@ -8,7 +8,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -81,35 +81,65 @@ def process(
     model: Optional[Path] = typer.Option(None, "--model", help="InDI model folder (default: the shipped model)."),
     steps: int = typer.Option(8, "--steps", help="InDI sampling steps."),
     rows: int = typer.Option(4, "--rows", help="Central slices of an LQ scan to enhance."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Also attach each scan's figures to its run "
+                                                                     "in this folder's Tiled catalog."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per scan on stdout."),
 ) -> None:
     """The end-of-run flow (reconstruct, enhance LQ scans with InDI, segment, quantify) on scans already taken:
     after a crash cut the processing short, or with another model. The quality is read from each file; a scan
-    that fails is reported and the others are still processed (exit code 1)."""
+    that fails is reported and the others are still processed (exit code 1). With --data-dir the figures are
+    attached to the run that wrote each file (``end_of_run``, as after the scan; ``runs`` in the JSON line)."""
     if steps < 1 or rows < 1:
         _err(f"error: --steps and --rows must be >= 1, got {steps} and {rows}")
         raise typer.Exit(2)
     model_dir = _check_model(model)
+    from contextlib import nullcontext
+
+    store = None
+    if data_dir is not None:
+        if not (data_dir / "tiled" / "catalog.db").is_file():
+            _err(f"error: no Tiled catalog in {data_dir} (expected {data_dir / 'tiled' / 'catalog.db'})")
+            raise typer.Exit(2)
+        from flows.run_store import RunStore
+
+        store = RunStore.open(data_dir)
+    failed = 0
+    with store or nullcontext():
+        for scan in scans:
+            failed += _process_one(scan, out, model_dir, steps, rows, store, as_json)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _process_one(scan: Path, out: Path, model_dir: Optional[str], steps: int, rows: int, store: Any,
+                 as_json: bool) -> int:
+    """Process one scan file and attach its figures to the runs in ``store`` that wrote it; 1 if it failed."""
+    import json
+
     from flows.tomo import scan_quality, summary_json
     from flows.tomo_flow import tomo_end_of_run
 
     failed = 0
-    for scan in scans:
-        try:
-            result = tomo_end_of_run(str(scan), scan_quality(scan), str(out), model_dir, steps, rows)
-        except Exception as exc:  # noqa: BLE001 -- one bad scan must not stop the others
-            failed += 1
-            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            result = {"scan": str(scan), "error": message}
-            _err(f"error: {message}")
-        if as_json:
-            print(summary_json(result), flush=True)
-        elif "error" not in result:
-            figures = result.get("enhanced", result.get(result["quality"]))
-            _err(f"{scan}: {result['quality']}, centre {result['center_px']:.2f} px, resolution "
-                 f"{figures['resolution_nm']:.0f} nm, CNR {figures['cnr']:.2f}")
-    if failed:
-        raise typer.Exit(1)
+    try:
+        result = tomo_end_of_run(str(scan), scan_quality(scan), str(out), model_dir, steps, rows)
+        if store is not None:
+            result["runs"] = store.find(scan_file=scan.absolute().as_posix())
+            for uid in result["runs"]:
+                store.annotate(uid, "end_of_run", json.loads(summary_json(result)))
+            if not result["runs"]:
+                _err(f"warning: no run in the catalog wrote {scan}; its figures are in {out} only")
+    except Exception as exc:  # noqa: BLE001 -- one bad scan must not stop the others
+        failed = 1
+        message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        result = {"scan": str(scan), "error": message}
+        _err(f"error: {message}")
+    if as_json:
+        print(summary_json(result), flush=True)
+    elif "error" not in result:
+        figures = result.get("enhanced", result.get(result["quality"]))
+        _err(f"{scan}: {result['quality']}, centre {result['center_px']:.2f} px, resolution "
+             f"{figures['resolution_nm']:.0f} nm, CNR {figures['cnr']:.2f}")
+    return failed
 
 
 @tomo_app.command("runs")

@@ -89,6 +89,8 @@ def test_tomo_scan_records_darks_flats_and_projections_over_the_arc(tmp_path, ce
     assert start["uid"] == uid and start["plan_name"] == "tomo_scan" and start["sample"] == "cell-0"
     assert start["quality"] == "lq" and start["voxel_nm"] == 100.0 and start["frame_shape"] == [16, 128]
     assert start["soc"] == 0.0 and start["n_projections"] == N
+    resource = next(d for n, d in docs if n == "resource")  # the run can be found by the file it wrote
+    assert start["scan_file"] == (Path(resource["root"]) / resource["resource_path"]).absolute().as_posix()
     step = 180.0 / N
     assert start["angles"] == pytest.approx([k * step for k in range(N)])
     assert stop["exit_status"] == "success"

@@ -204,20 +204,28 @@ def test_tomo_process_reruns_the_end_of_run_flow_on_scans_already_taken(tmp_path
     from devices.tomo_plans import tomo_scan
     from simulators.tomography import ElectrodeCell
 
+    from flows.run_store import RunStore
+
     station = TomoStation.simulated(SimulatedBeamline(tmp_path / "raw", cell=ElectrodeCell(seed=3),
                                                       time_compression=None), quality="lq")
     files = []
-    RunEngine({})(tomo_scan(station.detector, station.rotation, station.sample_stage, station.shutter,
-                            n_projections=24, n_darks=2, n_flats=2, quality="lq"),
-                  lambda name, doc: files.append(Path(doc["root"]) / doc["resource_path"])
-                  if name == "resource" else None)
+    with RunStore.open(tmp_path) as store:  # the scan's run is catalogued; its processing never ran
+        (uid,) = RunEngine({})(tomo_scan(station.detector, station.rotation, station.sample_stage, station.shutter,
+                                         n_projections=24, n_darks=2, n_flats=2, quality="lq"),
+                               [store.writer, lambda name, doc: files.append(Path(doc["root"]) / doc["resource_path"])
+                                if name == "resource" else None])
     not_a_scan = tmp_path / "notes.h5"
     not_a_scan.write_text("not HDF5")
     result = invoke("tomo", "process", files[0], not_a_scan, tmp_path / "missing.h5", "--out", tmp_path / "p",
-                    "--json")
+                    "--data-dir", tmp_path, "--json")
     assert result.exit_code == 1  # two of three failed, and the good one was still processed
     good, bad, missing = (json.loads(line) for line in result.stdout.strip().splitlines())
     assert good["quality"] == "lq" and good["center_px"] > 0 and good["enhanced"]["cnr"] > 0
     assert (tmp_path / "p" / f"{files[0].stem}_enhanced.h5").is_file() and Path(good["png"]).is_file()
     assert "not an HDF5 file" in bad["error"] and "no such file" in missing["error"]
+    # found by its file and annotated, as the end-of-run processing would have done after the scan
+    assert good["runs"] == [uid]
+    with RunStore.open(tmp_path) as store:
+        processed = store.run_summary(uid)["annotations"]["end_of_run"]
+    assert processed["center_px"] == pytest.approx(good["center_px"]) and processed["scan"] == str(files[0])
     assert invoke("tomo", "process", files[0], "--out", tmp_path / "p", "--steps", 0).exit_code == 2
