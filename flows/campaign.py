@@ -113,12 +113,10 @@ def open_campaign(config: CampaignConfig, *, dispatcher=None, surrogate_steps: i
     if dispatcher is None:
         log = DocumentLog(data_dir / DOCUMENTS_FILE)
         subscribers = [log]
-        try:
-            from flows.run_store import RunStore
+        from flows.run_store import open_run_store
 
-            subscribers.append(RunStore.open(data_dir).writer)
-        except ImportError:  # Tiled not installed: documents still go to documents.jsonl
-            pass
+        if (store := open_run_store(data_dir)) is not None:  # None without Tiled: documents.jsonl only
+            subscribers.append(store.writer)
         from simulators.faults import FaultInjector
 
         faults = FaultInjector(rate=config.devices.fault_rate, seed=config.seed)

@@ -95,14 +95,7 @@ def process(
     model_dir = _check_model(model)
     from contextlib import nullcontext
 
-    store = None
-    if data_dir is not None:
-        if not (data_dir / "tiled" / "catalog.db").is_file():
-            _err(f"error: no Tiled catalog in {data_dir} (expected {data_dir / 'tiled' / 'catalog.db'})")
-            raise typer.Exit(2)
-        from flows.run_store import RunStore
-
-        store = RunStore.open(data_dir)
+    store = None if data_dir is None else _open_catalog(data_dir)
     failed = 0
     with store or nullcontext():
         for scan in scans:
@@ -114,10 +107,8 @@ def process(
 def _process_one(scan: Path, out: Path, model_dir: Optional[str], steps: int, rows: int, store: Any,
                  as_json: bool) -> int:
     """Process one scan file and attach its figures to the runs in ``store`` that wrote it; 1 if it failed."""
-    import json
-
     from flows.tomo import scan_quality, summary_json
-    from flows.tomo_flow import tomo_end_of_run
+    from flows.tomo_flow import attach_end_of_run, tomo_end_of_run
 
     failed = 0
     try:
@@ -125,7 +116,7 @@ def _process_one(scan: Path, out: Path, model_dir: Optional[str], steps: int, ro
         if store is not None:
             result["runs"] = store.find(scan_file=scan.absolute().as_posix())
             for uid in result["runs"]:
-                store.annotate(uid, "end_of_run", json.loads(summary_json(result)))
+                attach_end_of_run(store, uid, result)
             if not result["runs"]:
                 _err(f"warning: no run in the catalog wrote {scan}; its figures are in {out} only")
     except Exception as exc:  # noqa: BLE001 -- one bad scan must not stop the others
@@ -151,25 +142,15 @@ def runs(
     """Every run in the folder's Tiled catalog, oldest first: plan, quality, timepoint and state of charge, how it
     ended, its scan file, the frames of each stream (after a beam loss, those of the repeated scan), the events
     a suspension made it take again, and the end-of-run processing's figures once they are attached."""
-    if not (data_dir / "tiled" / "catalog.db").is_file():
-        _err(f"error: no Tiled catalog in {data_dir} (expected {data_dir / 'tiled' / 'catalog.db'}); pass the "
-             "--data-dir of a dry run or the queue-server profile's MORPHLOOP_BEAMLINE_DIR")
-        raise typer.Exit(2)
-    from flows.run_store import RunStore
+    from collections import Counter
+
     from flows.tomo import summary_json
 
-    try:
-        store = RunStore.open(data_dir)
-    except Exception as exc:  # noqa: BLE001 -- a damaged or foreign catalog: say so, no traceback
-        _err(f"error: cannot open the Tiled catalog {data_dir / 'tiled' / 'catalog.db'}: {exc}")
-        raise typer.Exit(2)
-    with store:
+    with _open_catalog(data_dir) as store:
         for uid in store.runs():
             summary = store.run_summary(uid)
             start = summary["start"]
-            frames: dict[str, int] = {}
-            for frame in summary["images"]:
-                frames[frame["stream"]] = frames.get(frame["stream"], 0) + 1
+            frames = dict(Counter(frame["stream"] for frame in summary["images"]))
             run = {"uid": uid, "plan_name": summary["plan_name"],
                    **{k: start.get(k) for k in ("quality", "timepoint", "soc", "insitu_id")},
                    "exit_status": summary["exit_status"], "reason": summary["reason"] or None,
@@ -190,6 +171,22 @@ def runs(
                               f"{figures['resolution_nm']:.0f} nm, CNR {figures['cnr']:.2f}")
                 _err(f"{uid}  {run['plan_name']}{quality}{soc}: {run['exit_status'] or 'open'}, "
                      + ", ".join(f"{n} {stream}" for stream, n in frames.items()) + f"{again}  {run['file'] or ''}")
+
+
+def _open_catalog(data_dir: Path) -> Any:
+    """The Tiled run store of a beamline data folder, or exit 2 with a message saying what is wrong."""
+    from flows.run_store import CATALOG_FILE, TILED_DIR, RunStore
+
+    catalog = data_dir / TILED_DIR / CATALOG_FILE
+    if not catalog.is_file():
+        _err(f"error: no Tiled catalog in {data_dir} (expected {catalog}); pass the --data-dir of a dry run or the "
+             "queue-server profile's MORPHLOOP_BEAMLINE_DIR")
+        raise typer.Exit(2)
+    try:
+        return RunStore.open(data_dir)
+    except Exception as exc:  # noqa: BLE001 -- a damaged or foreign catalog: say so, no traceback
+        _err(f"error: cannot open the Tiled catalog {catalog}: {exc}")
+        raise typer.Exit(2)
 
 
 @tomo_app.command("enhance")

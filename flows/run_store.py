@@ -72,6 +72,16 @@ class RunNotFound(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def open_run_store(data_dir: str | Path) -> RunStore | None:
+    """:meth:`RunStore.open` on ``data_dir``, or None (with a warning) when Tiled is not installed: the caller's
+    documents then go to its JSON-lines log only."""
+    try:
+        return RunStore.open(data_dir)
+    except ImportError as exc:  # Tiled's modules are imported by open()
+        logger.warning("Tiled is not installed (%s): runs go to documents.jsonl only", exc)
+        return None
+
+
 def _writable_tiled_dir(data_dir: Path) -> Path:
     """Create ``data_dir/tiled`` (and its folders) and prove it writable, or raise :class:`StoreNotWritable`."""
     tiled_dir = data_dir / TILED_DIR
@@ -405,8 +415,9 @@ class RunStore:
         interrupted one, as the frames do)."""
         external = {}
         for key in stream_node.keys():
-            if key != "internal" and (paths := _external_assets(stream_node[key])) is not None:
-                external[key] = (paths, _frame_rows(stream_node[key]), stream_node[key].shape[0])
+            node = None if key == "internal" else stream_node[key]
+            if node is not None and (paths := _external_assets(node)) is not None:
+                external[key] = (paths, _frame_rows(node), node.shape[0])
         if not external:
             return []
         rows: list[dict[str, Any]] = []

@@ -275,7 +275,6 @@ def summary_json(summary: dict[str, Any]) -> str:
     return json.dumps(clean(summary))
 
 
-__all__ = ["QUALITIES", "ScanData", "read_scan_file", "scan_attempts", "reconstruct_slices", "hq_reference_rows",
-           "lq_over_hq_field",
-           "quantify", "compare_qualities", "save_before_after", "load_model", "summary_json",
-           "DEFAULT_INDI_MODEL"]
+__all__ = ["QUALITIES", "ScanData", "read_scan_file", "scan_attempts", "scan_quality", "reconstruct_slices",
+           "hq_reference_rows", "lq_over_hq_field", "quantify", "compare_qualities", "save_before_after",
+           "load_model", "summary_json", "DEFAULT_INDI_MODEL"]

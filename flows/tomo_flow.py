@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from devices.beamline import TomoStation
 from devices.beamline_sim import SimulatedBeamline
 from devices.tomo_plans import beam_suspender, insitu_tomography, tomo_scan
+from flows.run_store import open_run_store
 from flows.simulate import DocumentLog
 from flows.tomo import (
     compare_qualities,
@@ -123,6 +124,11 @@ class ScanCollector:
             self.runs[-1]["file"] = str(Path(doc["root"]) / doc["resource_path"])
 
 
+def attach_end_of_run(store: Any, uid: str, result: dict[str, Any]) -> None:
+    """Attach :func:`tomo_end_of_run`'s ``result`` (JSON-clean) to run ``uid`` in ``store`` as ``end_of_run``."""
+    store.annotate(uid, "end_of_run", json.loads(summary_json(result)))
+
+
 class EndOfRunProcessing:
     """A RunEngine callback that runs :func:`tomo_end_of_run` on every scan whose run closes successfully.
 
@@ -159,7 +165,7 @@ class EndOfRunProcessing:
         result = tomo_end_of_run(scan_file, quality, self.out_dir, self.model_dir, self.steps, self.rows)
         if self.store is not None:
             try:  # the figures are in the result and in out_dir either way: a catalog hiccup must not lose them
-                self.store.annotate(uid, "end_of_run", json.loads(summary_json(result)))
+                attach_end_of_run(self.store, uid, result)
             except Exception as exc:  # noqa: BLE001
                 logging.getLogger(__name__).warning("could not attach the end-of-run results to run %s in "
                                                     "Tiled: %s", uid, exc)
@@ -172,17 +178,6 @@ class EndOfRunProcessing:
     def wait(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:
         """Every submitted scan's result by run uid (re-raises the first flow that failed)."""
         return {uid: future.result(timeout) for uid, future in list(self.results.items())}
-
-
-def open_run_store(data_dir: Path) -> Any:
-    """The Tiled run store of ``data_dir`` (:class:`flows.run_store.RunStore`), or None without Tiled installed
-    (the documents still go to ``documents.jsonl``)."""
-    try:
-        from flows.run_store import RunStore
-    except ImportError:
-        logging.getLogger(__name__).warning("Tiled is not installed: runs go to documents.jsonl only")
-        return None
-    return RunStore.open(data_dir)
 
 
 @flow(name="tomo-dry-run")
@@ -211,7 +206,7 @@ def tomo_dry_run(data_dir: str, model_dir: str | None = None, seed: int = 7, n_t
     engine = RunEngine({})
     log = DocumentLog(data / "documents.jsonl")
     processed = data / "processed"
-    store = open_run_store(data)
+    store = open_run_store(data)  # None without Tiled
     processing = EndOfRunProcessing(processed, model_dir, steps, store=store)  # each scan once its run closes
     engine.subscribe(log)
     if store is not None:
