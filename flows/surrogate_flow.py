@@ -45,10 +45,12 @@ def describe_training_conditions(tiles: TileSet, table: pd.DataFrame, pixel_size
         low = [i for i in idx if tiles.magnifications[i] == "low"]
         high = [i for i in idx if tiles.magnifications[i] == "high"]
         described = describe_low_tiles(tiles.tiles[low], pixel_size_um["low"])
+        textures = tile_textures(tiles.tiles[high], pixel_size_um["high"])
+        textures = textures[np.isfinite(textures)]  # NaN where no ROI qualifies; none at all: NaN, no warning
         rows.append({"condition_id": int(cid), **{c: group[c].iloc[0] for c in group.columns if c.startswith("cond_")},
                      "tile_d50_um": described["d50_um"], "tile_sphericity_mean": described["sphericity_mean"],
                      "tile_sphericity_std": described["sphericity_std"],
-                     "tile_texture": float(np.nanmean(tile_textures(tiles.tiles[high], pixel_size_um["high"]))),
+                     "tile_texture": float(textures.mean()) if len(textures) else float("nan"),
                      **{c: group[c].iloc[0] for c in group.columns if c.startswith("true_")}})
     return pd.DataFrame(rows)
 
