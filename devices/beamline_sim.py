@@ -190,7 +190,9 @@ class SimulatedBeamline:
         self.seed = int(seed)
         self.cell = cell if cell is not None else ElectrodeCell(seed=self.seed)
         self.faults = faults if isinstance(faults, BeamlineFaults) else BeamlineFaults(faults)
-        self.output_dir = Path(output_dir if output_dir is not None else tempfile.mkdtemp(prefix="morphloop-tomo-"))
+        # absolute: Resource documents name the frame files by it, and are read from any working directory
+        self.output_dir = Path(output_dir if output_dir is not None
+                               else tempfile.mkdtemp(prefix="morphloop-tomo-")).absolute()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.time_compression = time_compression
         self.capacity_mah = float(capacity_mah)

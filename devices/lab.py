@@ -109,7 +109,8 @@ class SimulatedLab:
         self.faults = faults if isinstance(faults, FaultInjector) else FaultInjector(faults)
         if output_dir is None:
             output_dir = tempfile.mkdtemp(prefix="morphloop-lab-")
-        self.output_dir = Path(output_dir)
+        # absolute: Resource documents name the image files by it, and are read from any working directory
+        self.output_dir = Path(output_dir).absolute()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.time_compression = time_compression
         self.samples: dict[str, Morphology] = {}

@@ -378,3 +378,18 @@ def test_the_beamline_seed_draws_the_detector_noise_and_the_cell_is_the_sample(t
     a, b, c = (beamline.acquire_frame(QUALITIES["lq"], 1.0, threading.Event()).data for beamline in beamlines)
     np.testing.assert_array_equal(a, b)  # a beamline replays identically
     assert not np.array_equal(a, c) and abs(a.mean() - c.mean()) < 0.05 * a.mean()  # same sample, other noise
+
+
+def test_a_relative_output_folder_is_referenced_by_its_absolute_path(tmp_path, cell, monkeypatch):
+    # documents are read later from any working directory (Tiled, `tomo runs`): a relative Resource root broke them
+    monkeypatch.chdir(tmp_path)
+    beamline = SimulatedBeamline("beamline/raw", cell=cell, time_compression=None)
+    st = TomoStation.simulated(beamline, quality="lq")
+    st.detector.stage()
+    acquire(st)
+    resource = dict(st.detector.collect_asset_docs())["resource"]
+    st.detector.unstage()
+    assert resource["root"] == (tmp_path / "beamline" / "raw").as_posix()
+    assert Path(st.detector.file_path.get()) == Path(resource["root"]) / resource["resource_path"]
+    monkeypatch.chdir(tmp_path / "beamline")
+    assert (Path(resource["root"]) / resource["resource_path"]).is_file()

@@ -108,3 +108,17 @@ def test_epics_mode_is_defined_without_an_ioc():
     assert pvs["magnification"][0] == "XF:31ID-EM{SEM:1}Mag:SP"
     assert pvs["image_path"][0].endswith("FullFileName_RBV") and "image" not in pvs  # the datum id is soft
     assert sem.mode == "epics"
+
+
+def test_a_relative_output_folder_is_referenced_by_its_absolute_path(tmp_path, monkeypatch):
+    # documents are read later from any working directory (Tiled, reports): a relative Resource root broke them
+    monkeypatch.chdir(tmp_path)
+    lab = SimulatedLab("lab-data", time_compression=None)
+    lab.make_sample("S0001", DEFAULT_CONDITIONS)
+    sem = SEM(lab=lab, image_shape=SHAPE)
+    sem.load_sample("S0001").wait(2)
+    sem.trigger().wait(10)
+    resource = dict(sem.collect_asset_docs())["resource"]
+    assert resource["root"] == (tmp_path / "lab-data").as_posix()
+    monkeypatch.chdir(tmp_path / "lab-data")
+    assert (Path(resource["root"]) / resource["resource_path"]).is_file()
