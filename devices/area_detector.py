@@ -112,7 +112,7 @@ class AreaDetector(StationDevice):
                           "path_semantics": "posix", "uid": uid}
         self._pending = [("resource", self._resource)]
         self._put("voxel_nm", q.voxel_nm)
-        self._put("file_path", path.absolute().as_posix())
+        self._put("file_path", path.as_posix())  # absolute: the beamline's output_dir is
         self._put("frame_number", -1)
         return staged
 
