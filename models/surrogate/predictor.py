@@ -54,14 +54,25 @@ class SurrogatePredictor:
     ``steps`` and ``n_images`` when the model has one and its training descriptors; ``False`` returns the
     generated images' descriptors only (what the fidelity report judges). ``precision`` is the sampler's
     (:meth:`~models.surrogate.model.LatentDiffusionSurrogate.generate`): ``auto`` samples under CPU bfloat16
-    autocast where the CPU has bfloat16 instructions (x2.2 faster), float32 elsewhere."""
+    autocast where the CPU has bfloat16 instructions (x2.2 faster), float32 elsewhere.
+
+    ``high_steps`` and ``high_images`` set the 30k× tiles' solver steps and tiles per condition apart from the
+    3k× ones (default: the same). Texture is a mean over the many regions of one tile, while D50 pools the few
+    particles of each 3k× tile: on the 48 held-out conditions of ``surrogate report``, one 30k× tile at 4 steps
+    tracks the simulated texture as closely as two at 6 (r² 0.968 against 0.970) at a third of the cost. With one
+    tile the texture's spread across tiles is NaN."""
 
     def __init__(self, surrogate: LatentDiffusionSurrogate, steps: int | None = None,
                  guidance_scale: float | None = None, batch_size: int = 64, stack: bool = True,
-                 precision: str | bool = "auto", decode_batch: int = DECODE_BATCH):
+                 precision: str | bool = "auto", decode_batch: int = DECODE_BATCH,
+                 high_steps: int | None = None, high_images: int | None = None):
         resolve_bfloat16(precision)  # a bad value fails here, not in the first prediction
+        for name, value in (("high_steps", high_steps), ("high_images", high_images)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a whole number >= 1 (or None for the 3k× setting), got {value!r}")
         self.surrogate = surrogate
         self.steps, self.guidance_scale, self.batch_size = steps, guidance_scale, batch_size
+        self.high_steps, self.high_images = high_steps, high_images
         self.decode_batch = check_decode_batch(decode_batch)  # fails here, not in the first prediction
         self.stack, self.precision = stack, precision
         self._training_gp: TrainingSetGP | None = None
@@ -112,8 +123,14 @@ class SurrogatePredictor:
 
     def generate(self, conditions: Sequence[Mapping[str, Any]], n_images: int, seed: int,
                  progress=None, magnifications: Sequence[str] = ("low", "high")) -> dict[str, np.ndarray]:
-        """``{"low": n x k x H x W, "high": n x k x H x W}`` (the ``magnifications`` asked for)."""
-        return {mag: self.surrogate.generate(conditions, mag, n_images, seed, steps=self.steps,
+        """``{"low": n x k x H x W, "high": n x k' x H x W}`` (the ``magnifications`` asked for; ``k'`` is
+        ``high_images`` when set, else ``k = n_images``)."""
+        def setting(mag: str) -> tuple[int, int | None]:
+            if mag == "high":
+                return self.high_images or n_images, self.high_steps or self.steps
+            return n_images, self.steps
+
+        return {mag: self.surrogate.generate(conditions, mag, setting(mag)[0], seed, steps=setting(mag)[1],
                                              guidance_scale=self.guidance_scale, batch_size=self.batch_size,
                                              progress=progress, precision=self.precision,
                                              decode_batch=self.decode_batch)
@@ -128,7 +145,7 @@ class SurrogatePredictor:
         cfg = self.surrogate.config
         maps = cfg.generation_calibration if generation_calibration else {}
         if n_images is None:
-            n_images = int(next(iter(tiles.values())).shape[1])
+            n_images = int(tiles["low" if "low" in tiles else "high"].shape[1])
         raws, lows, highs = [], [], []
         for i in range(len(conditions)):
             low = (describe_low_tiles(tiles["low"][i], cfg.pixel_size_um["low"]) if "low" in tiles

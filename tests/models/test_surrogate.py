@@ -172,6 +172,26 @@ def test_decoding_in_smaller_calls_gives_the_same_tiles(precision):
         SurrogatePredictor(model, decode_batch=0)
 
 
+def test_high_magnification_tiles_can_take_their_own_steps_and_count():
+    from models.surrogate.predictor import SurrogatePredictor
+
+    torch.manual_seed(0)
+    model = LatentDiffusionSurrogate(tiny_config())
+    default = SurrogatePredictor(model, steps=3).generate(CONDS[:2], 2, seed=4)
+    tiles = SurrogatePredictor(model, steps=3, high_steps=2, high_images=1).generate(CONDS[:2], 2, seed=4)
+    assert tiles["low"].shape == (2, 2, 32, 32) and tiles["high"].shape == (2, 1, 32, 32)
+    np.testing.assert_array_equal(tiles["low"], default["low"])  # 3k× untouched
+    np.testing.assert_array_equal(tiles["high"], model.generate(CONDS[:2], "high", 1, seed=4, steps=2))
+    assert np.abs(tiles["high"][:, 0] - default["high"][:, 0]).max() > 1e-3  # fewer steps: other tiles
+    predictions = SurrogatePredictor(model, steps=3, high_images=1, stack=False).predict(CONDS[:2], n_images=2)
+    assert [np.isnan(p.spread["texture"]) for p in predictions] == [True, True]  # one tile: no spread across tiles
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="high_images must be a whole number >= 1"):
+            SurrogatePredictor(model, high_images=bad)
+    with pytest.raises(ValueError, match="high_steps must be a whole number >= 1"):
+        SurrogatePredictor(model, high_steps=-2)
+
+
 def test_loading_a_folder_that_is_not_a_model_says_how_to_make_one(tmp_path):
     with pytest.raises(SurrogateModelError, match="surrogate train"):
         LatentDiffusionSurrogate.from_pretrained(tmp_path)
