@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_surrogate.py [--model DIR] [--conditions 32] [--n 4] [--steps 10 6]
                                                    [--precision auto] [--threads 2]
+                                                   [--high-steps S] [--high-n K]
                                                    [--baseline-config JSON] [--baseline-decode-batch N] [--json]
 
 For each solver step count: conditions per second for batched screening (all conditions' tiles in batches of 64)
@@ -13,7 +14,10 @@ shipped model's training time from its
 also screens the same conditions with those config fields overridden (here: every solver step guided, as before
 guidance was limited to an interval) and reports the batched ratio; ``--baseline-decode-batch 64`` does the same
 with the decoder taking that many tiles per call (64: before decoding in calls of
-``models.surrogate.model.DECODE_BATCH``; the tiles are the same). Goal (issue 4): >= 10 conditions/s on 2 cores.
+``models.surrogate.model.DECODE_BATCH``; the tiles are the same). ``--high-steps`` and ``--high-n`` give the
+30k× tiles their own solver steps and tile count (``SurrogatePredictor(high_steps=, high_images=)``) and screen
+the same conditions with both magnifications at ``--steps`` x ``--n`` as the baseline. Goal (issue 4): >= 10
+conditions/s on 2 cores.
 """
 from __future__ import annotations
 
@@ -79,10 +83,12 @@ def main() -> None:
                         help="JSON of surrogate config fields to override for a baseline screened in the same run")
     parser.add_argument("--baseline-decode-batch", type=int, default=None,
                         help="tiles per decoder call for a baseline screened in the same run")
+    parser.add_argument("--high-steps", type=int, default=None, help="solver steps of the 30k× tiles")
+    parser.add_argument("--high-n", type=int, default=None, help="30k× tiles per condition")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     baseline = None
-    if args.baseline_config or args.baseline_decode_batch:
+    if args.baseline_config or args.baseline_decode_batch or args.high_steps or args.high_n:
         baseline = LatentDiffusionSurrogate.from_pretrained(args.model)
         baseline.config = dataclasses.replace(baseline.config, **(args.baseline_config or {}))
     baseline_decode_batch = args.baseline_decode_batch or DECODE_BATCH
@@ -90,7 +96,8 @@ def main() -> None:
     rows = []
     for precision in args.precision:
         for steps in args.steps:
-            predictor = SurrogatePredictor.from_pretrained(args.model, steps=steps, precision=precision)
+            predictor = SurrogatePredictor.from_pretrained(args.model, steps=steps, precision=precision,
+                                                           high_steps=args.high_steps, high_images=args.high_n)
             conditions = random_conditions(predictor, args.conditions)
             warmed(predictor, conditions)
             batched = screen(predictor, conditions, args.n, per_condition=False)
@@ -107,14 +114,17 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary_path = args.model / "training_summary.json"
     training = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    result = {"model": str(args.model), "tiles_per_condition_per_magnification": args.n, "threads": args.threads,
+    result = {"model": str(args.model), "tiles_per_condition_per_magnification": args.n,
+              "high_steps": args.high_steps, "high_tiles_per_condition": args.high_n, "threads": args.threads,
               "rows": rows, "peak_rss_mib": peak_mib,
               "training_wall_seconds": training.get("wall_seconds"), "training_minutes_budget":
                   training.get("minutes_budget")}
     if args.json:
         print(json.dumps(result))
         return
-    print(f"model {args.model}; {args.n} tiles per condition per magnification; {args.threads} threads")
+    high = (f" (30k×: {args.high_n or args.n} tiles at {args.high_steps or 'the same'} steps)"
+            if args.high_steps or args.high_n else "")
+    print(f"model {args.model}; {args.n} tiles per condition per magnification{high}; {args.threads} threads")
     print(f"{'precision':>9} {'steps':>5} {'batched cond/s':>15} {'one-at-a-time':>14} {'speedup':>8} {'gen s':>7} "
           f"{'describe s':>10}")
     for r in rows:
