@@ -125,12 +125,9 @@ class SurrogatePredictor:
                  progress=None, magnifications: Sequence[str] = ("low", "high")) -> dict[str, np.ndarray]:
         """``{"low": n x k x H x W, "high": n x k' x H x W}`` (the ``magnifications`` asked for; ``k'`` is
         ``high_images`` when set, else ``k = n_images``)."""
-        def setting(mag: str) -> tuple[int, int | None]:
-            if mag == "high":
-                return self.high_images or n_images, self.high_steps or self.steps
-            return n_images, self.steps
-
-        return {mag: self.surrogate.generate(conditions, mag, setting(mag)[0], seed, steps=setting(mag)[1],
+        setting = {"low": (n_images, self.steps),
+                   "high": (self.high_images or n_images, self.high_steps or self.steps)}  # (tiles, steps)
+        return {mag: self.surrogate.generate(conditions, mag, setting[mag][0], seed, steps=setting[mag][1],
                                              guidance_scale=self.guidance_scale, batch_size=self.batch_size,
                                              progress=progress, precision=self.precision,
                                              decode_batch=self.decode_batch)
