@@ -388,6 +388,9 @@ def report(
     heldout: int = typer.Option(32, "--heldout", help="Interpolation conditions (never trained on)."),
     unseen: int = typer.Option(16, "--unseen", help="Fresh random conditions."),
     n: int = typer.Option(8, "--n", help="Tiles per condition and magnification."),
+    seeds: list[int] = typer.Option(
+        [0, 1, 2], "--seed", help="Noise seeds (repeat the option); the first gives every figure, the others the "
+        "surrogate's R² again, and the goals judge the mean over all."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object on stdout."),
 ) -> None:
     """Fidelity on held-out conditions (R² vs simulator, baselines, distributions, memorisation) + a PNG grid."""
@@ -400,10 +403,14 @@ def report(
     if data is not None and not (data / "tiles.parquet").is_file():
         _err(f"error: --data {data} holds no tiles.parquet; pass a folder from 'morphloop surrogate build-data'")
         raise typer.Exit(2)
+    if min(seeds) < 0:
+        _err(f"error: --seed must be >= 0, got {min(seeds)}")
+        raise typer.Exit(2)
     with Progress(console=_console(), transient=True) as progress:
         task = progress.add_task("simulating held-out conditions", total=heldout + unseen)
         result = fidelity_report(model_dir, out_dir, data_dir=data, n_heldout=heldout, n_unseen=unseen,
-                                 n_images=n, progress=lambda phase, k: progress.advance(task, k))
+                                 n_images=n, seed=seeds[0], more_seeds=seeds[1:],
+                                 progress=lambda phase, k: progress.advance(task, k))
     if as_json:
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "per_condition"}, default=float))
     else:
