@@ -168,13 +168,12 @@ def fidelity_report(model_dir: str | Path, out_dir: str | Path, *, data_dir: str
           for name, pred in methods.items()}
     r2_by_seed = {str(seed): r2["surrogate"]}
     for extra in seeds[1:]:
-        tiles = predictor.generate(conditions, n_images, extra)
-        again = predictor.describe(conditions, tiles, n_images=n_images)
+        again = predictor.predict(conditions, n_images=n_images, seed=extra)
         values = np.array([[p.generated[k] for k in DESCRIPTOR_NAMES] for p in again], float)
         r2_by_seed[str(extra)] = {k: r2_score(ref[:, j], values[:, j]) for j, k in enumerate(DESCRIPTOR_NAMES)}
-    over_seeds = {k: {"mean": float(np.mean([r[k] for r in r2_by_seed.values()])),
-                      "min": float(min(r[k] for r in r2_by_seed.values())),
-                      "max": float(max(r[k] for r in r2_by_seed.values()))} for k in DESCRIPTOR_NAMES}
+    by_seed = np.array([[r[k] for k in DESCRIPTOR_NAMES] for r in r2_by_seed.values()], float)
+    over_seeds = {k: {"mean": float(by_seed[:, j].mean()), "min": float(by_seed[:, j].min()),
+                      "max": float(by_seed[:, j].max())} for j, k in enumerate(DESCRIPTOR_NAMES)}
     r2_by_group = {g: {k: r2_score(ref[[i for i, x in enumerate(groups) if x == g], j],
                                    gen[[i for i, x in enumerate(groups) if x == g], j])
                        for j, k in enumerate(DESCRIPTOR_NAMES)} for g in ("interpolation", "unseen")}
