@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_surrogate.py [--model DIR] [--conditions 32] [--n 4] [--steps 10 6]
                                                    [--precision auto] [--threads 2]
                                                    [--high-steps S] [--high-n K]
-                                                   [--baseline-config JSON] [--baseline-decode-batch N] [--json]
+                                                   [--baseline-config JSON] [--baseline-decode-batch N]
+                                                   [--flops] [--json]
 
 For each solver step count: conditions per second for batched screening (all conditions' tiles in batches of 64)
 and, as the baseline measured in the same run, one condition at a time (batch = one condition's tiles); the split
@@ -16,8 +17,11 @@ guidance was limited to an interval) and reports the batched ratio; ``--baseline
 with the decoder taking that many tiles per call (64: before decoding in calls of
 ``models.surrogate.model.DECODE_BATCH``; the tiles are the same). ``--high-steps`` and ``--high-n`` give the
 30k× tiles their own solver steps and tile count (``SurrogatePredictor(high_steps=, high_images=)``) and screen
-the same conditions with both magnifications at ``--steps`` x ``--n`` as the baseline. Goal (issue 4): >= 10
-conditions/s on 2 cores.
+the same conditions with both magnifications at ``--steps`` x ``--n`` as the baseline. ``--flops`` adds the
+compute budget of each setting: the convolution and matrix FLOPs of one condition's tiles (torch's FLOP counter
+on one denoiser pass and one decode, times the passes the sampler makes), the rate the goal would need, the rate
+this run's generation reached, and this host's own matrix-multiply rate at the sampler's precision as a ceiling.
+Goal (issue 4): >= 10 conditions/s on 2 cores.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.precision import PRECISIONS  # noqa: E402
+from models.precision import PRECISIONS, bfloat16_autocast, resolve_bfloat16  # noqa: E402
 from models.surrogate.model import DECODE_BATCH, DEFAULT_MODEL_DIR, LatentDiffusionSurrogate  # noqa: E402
 from models.surrogate.predictor import SurrogatePredictor  # noqa: E402
 
@@ -71,6 +75,45 @@ def screen(predictor: SurrogatePredictor, conditions: list[dict], n: int, per_co
     return {"conditions_per_s": len(conditions) / (t2 - t0), "generate_s": t1 - t0, "describe_s": t2 - t1}
 
 
+GOAL_CONDITIONS_PER_S = 10.0
+
+
+def matmul_gflops(bfloat16: bool, size: int = 2048, repeats: int = 10) -> float:
+    """This host's dense matrix-multiply rate (GFLOP/s) at the sampler's precision: a practical ceiling."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    with bfloat16_autocast(bfloat16):
+        for _ in range(2):
+            a @ b
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        seconds = (time.perf_counter() - t0) / repeats
+    return 2 * size**3 / seconds / 1e9
+
+
+def compute_budget(predictor: SurrogatePredictor, conditions: list[dict], n: int, steps: int) -> dict:
+    """FLOPs (convolutions and matrix products; elementwise work not counted) of generating one condition's
+    tiles at this setting, and the rate :data:`GOAL_CONDITIONS_PER_S` would need."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sur, cfg = predictor.surrogate, predictor.surrogate.config
+    latents = torch.randn(16, cfg.latent_channels, cfg.latent_px, cfg.latent_px)
+    emb = sur.encoder(torch.from_numpy(sur.condition_vectors(conditions[:1] * 16, "low")))
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            sur.unet(latents, torch.tensor(500), class_labels=emb)
+        unet = counter.get_total_flops() / 16
+        with FlopCounterMode(display=False) as counter:
+            sur.vae.decode(latents / cfg.latent_scale)
+        decoder = counter.get_total_flops() / 16
+    setting = {"low": (n, steps), "high": (predictor.high_images or n, predictor.high_steps or steps)}
+    passes = {mag: sur.denoiser_passes(mag, s, predictor.guidance_scale) for mag, (_, s) in setting.items()}
+    per_condition = sum(k * (passes[mag] * unet + decoder) for mag, (k, _) in setting.items())
+    return {"denoiser_gflop_per_pass": unet / 1e9, "decoder_gflop_per_tile": decoder / 1e9,
+            "denoiser_passes_per_tile": passes, "gflop_per_condition": per_condition / 1e9,
+            "goal_gflop_per_s": GOAL_CONDITIONS_PER_S * per_condition / 1e9}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
@@ -85,6 +128,8 @@ def main() -> None:
                         help="tiles per decoder call for a baseline screened in the same run")
     parser.add_argument("--high-steps", type=int, default=None, help="solver steps of the 30k× tiles")
     parser.add_argument("--high-n", type=int, default=None, help="30k× tiles per condition")
+    parser.add_argument("--flops", action="store_true",
+                        help="also report the FLOPs per condition, the rate the goal needs and this host's ceiling")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     baseline = None
@@ -110,6 +155,12 @@ def main() -> None:
                 base = screen(warmed(base_predictor, conditions), conditions, args.n, per_condition=False)
                 row["baseline"] = base
                 row["over_baseline"] = batched["conditions_per_s"] / base["conditions_per_s"]
+            if args.flops:
+                budget = compute_budget(predictor, conditions, args.n, steps)
+                budget["generation_gflop_per_s"] = (budget["gflop_per_condition"] * len(conditions)
+                                                    / batched["generate_s"])
+                budget["host_matmul_gflop_per_s"] = matmul_gflops(resolve_bfloat16(precision))
+                row["compute"] = budget
             rows.append(row)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary_path = args.model / "training_summary.json"
@@ -135,6 +186,13 @@ def main() -> None:
         if "baseline" in r:
             print(f"{'':>9} {'':>5} baseline {r['baseline']['conditions_per_s']:.2f} cond/s "
                   f"(generate {r['baseline']['generate_s']:.1f} s): x{r['over_baseline']:.2f} over the baseline")
+        if "compute" in r:
+            c = r["compute"]
+            print(f"{'':>9} {'':>5} compute: {c['gflop_per_condition']:.1f} GFLOP per condition (denoiser "
+                  f"{c['denoiser_gflop_per_pass']:.3f} GFLOP x passes per tile {c['denoiser_passes_per_tile']}, "
+                  f"decoder {c['decoder_gflop_per_tile']:.3f} GFLOP per tile); {GOAL_CONDITIONS_PER_S:.0f} "
+                  f"conditions/s need {c['goal_gflop_per_s']:.0f} GFLOP/s; generation here ran at "
+                  f"{c['generation_gflop_per_s']:.0f}; this host's matrix multiply {c['host_matmul_gflop_per_s']:.0f}")
     print(f"peak RSS {peak_mib:.0f} MiB; goal 10 conditions/s")
     if training:
         print(f"training: {training.get('wall_seconds', float('nan')):.0f} s wall for a "

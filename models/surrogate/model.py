@@ -345,10 +345,7 @@ class LatentDiffusionSurrogate:
         if n_per_condition < 1:
             raise ValueError(f"n_per_condition must be >= 1, got {n_per_condition}")
         decode_batch = check_decode_batch(decode_batch)
-        steps = int(steps or self.config.sampling_steps)
-        guidance = self.config.guidance_for(magnification) if guidance_scale is None else float(guidance_scale)
-        n_guided = guided_steps(steps, self.config.guidance_interval_for(magnification) if guidance_interval is None
-                                else guidance_interval)
+        steps, guidance, n_guided = self._sampling_setting(magnification, steps, guidance_scale, guidance_interval)
         for module in (self.vae, self.unet, self.encoder):
             module.eval()
         cond = torch.from_numpy(self.condition_vectors(conditions, magnification))
@@ -370,6 +367,22 @@ class LatentDiffusionSurrogate:
             if progress is not None:
                 progress(stop - start)
         return tiles.reshape(n_cond, k, self.config.tile_px, self.config.tile_px)
+
+    def _sampling_setting(self, magnification: str, steps: int | None, guidance_scale: float | None,
+                          guidance_interval: float | None) -> tuple[int, float, int]:
+        """``(steps, guidance scale, guided steps)`` of a call, the config's values filling what is not given."""
+        steps = int(steps or self.config.sampling_steps)
+        guidance = self.config.guidance_for(magnification) if guidance_scale is None else float(guidance_scale)
+        n_guided = guided_steps(steps, self.config.guidance_interval_for(magnification) if guidance_interval is None
+                                else guidance_interval)
+        return steps, guidance, n_guided
+
+    def denoiser_passes(self, magnification: str, steps: int | None = None, guidance_scale: float | None = None,
+                        guidance_interval: float | None = None) -> int:
+        """Denoiser evaluations per generated tile with :meth:`generate`'s arguments: one per solver step, and
+        one more (the unconditional pass) per guided step when the guidance scale is not 1."""
+        steps, guidance, n_guided = self._sampling_setting(magnification, steps, guidance_scale, guidance_interval)
+        return steps + (min(n_guided, steps) if guidance != 1.0 else 0)
 
     def _denoise(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, guidance: float,
                  n_guided: int | None = None) -> torch.Tensor:

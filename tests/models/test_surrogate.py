@@ -337,12 +337,15 @@ def test_guidance_interval_guides_only_the_first_steps_with_one_denoiser_pass_af
     model.unet.forward = lambda x, *a, **k: batches.append(len(x)) or unet_forward(x, *a, **k)
     limited = model.generate(CONDS[:3], "low", 2, seed=4)
     assert batches == [12, 12, 6, 6, 6]  # 3 conditions x 2 tiles: guided steps run them with the null condition
+    assert model.denoiser_passes("low") == sum(batches) / 6 == 7  # what the screening FLOP budget counts
     batches.clear()
     every = model.generate(CONDS[:3], "low", 2, seed=4, guidance_interval=1.0)
     assert batches == [12] * 5 and np.abs(limited - every).max() > 1e-4
+    assert model.denoiser_passes("low", guidance_interval=1.0) == 10
     batches.clear()
     model.generate(CONDS[:3], "high", 2, seed=4)  # guidance 1: a single pass whatever the interval
-    assert batches == [6] * 5
+    assert batches == [6] * 5 and model.denoiser_passes("high") == 5
+    assert model.denoiser_passes("low", steps=10, guidance_scale=1.0) == 10
     np.testing.assert_array_equal(limited, model.generate(CONDS[:3], "low", 2, seed=4, guidance_interval=0.4))
     model.save_pretrained(tmp_path / "m")
     loaded = LatentDiffusionSurrogate.from_pretrained(tmp_path / "m")
