@@ -68,6 +68,9 @@ def build_data(
     n_heldout: int = typer.Option(32, "--heldout", help="Interpolation conditions left out of training."),
     seed: int = typer.Option(0, "--seed"),
     workers: int = typer.Option(2, "--workers", help="Rendering processes."),
+    n_log_uniform: int = typer.Option(
+        0, "--log-uniform", min=0, help="More training conditions with the NaOH and NH4OH loadings and the aging "
+        "time drawn over their log-range."),
 ) -> None:
     """Render the surrogate's training set on the virtual lab (design documented in flows/surrogate_data.py)."""
     from rich.progress import Progress
@@ -76,9 +79,10 @@ def build_data(
 
     try:
         with Progress(console=_console(), transient=True) as progress:
-            task = progress.add_task("rendering conditions", total=n_interior + n_faces + n_heldout)
+            task = progress.add_task("rendering conditions", total=n_interior + n_faces + n_heldout + n_log_uniform)
             table = build_training_set(out, n_interior=n_interior, n_faces=n_faces, n_heldout=n_heldout,
-                                       seed=seed, workers=workers, progress=lambda k: progress.advance(task, k))
+                                       seed=seed, workers=workers, progress=lambda k: progress.advance(task, k),
+                                       n_log_uniform=n_log_uniform)
     except FileExistsError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2)

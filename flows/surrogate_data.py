@@ -6,6 +6,10 @@ Design of conditions (paper 000, Figs. S5/S6 train on a grid and test on levels 
   low or high bound) so the model sees the boundaries; atmospheres cycle through their choices.
 * ``heldout``: another Sobol sequence restricted to the central 80 % of each range: interpolation points that are
   never in training (used by ``morphloop surrogate report``).
+* optionally (``n_log_uniform``), more training points from a third Sobol sequence on which the conditions that
+  span a decade or more (:data:`LOG_UNIFORM`: the NaOH and NH4OH loadings, 60×, and the aging time, 48×) are
+  drawn over their log-range. A linear design puts a tenth of its points below 0.35 wt% NH4OH or 170 min, where
+  morphology changes as fast as over all the rest of the range (it follows their logarithms).
 
 Each condition is synthesised once (batch noise included) and imaged at both magnifications: a 256-px frame at
 3k× (0.2 µm/px) cut into four 128-px ``low`` tiles, and a 512-px frame at 30k× (0.01 µm/px) from which the four
@@ -53,15 +57,25 @@ def condition_schema() -> list[dict]:
     return out
 
 
-def _from_unit(u: np.ndarray, atmosphere_index: int) -> dict[str, Any]:
-    cond = {c.name: float(c.low + ui * (c.high - c.low)) for c, ui in zip(CONTINUOUS, u)}
+def _from_unit(u: np.ndarray, atmosphere_index: int, log: tuple[str, ...] = ()) -> dict[str, Any]:
+    cond = {c.name: float(np.exp(np.log(c.low) + ui * (np.log(c.high) - np.log(c.low)))) if c.name in log
+            else float(c.low + ui * (c.high - c.low)) for c, ui in zip(CONTINUOUS, u)}
     cond["atmosphere"] = ATMOSPHERES[atmosphere_index % len(ATMOSPHERES)]
     return validate_conditions({k: round(v, 4) if isinstance(v, float) else v for k, v in cond.items()})
 
 
-def design_conditions(n_interior: int = 256, n_faces: int = 64, n_heldout: int = 32, seed: int = 0
-                      ) -> dict[str, list[dict]]:
-    """``{"train": [...], "heldout": [...]}`` condition dicts with the virtual lab's names."""
+#: Conditions a log-uniform design draws over their log-range: positive and spanning a decade or more.
+LOG_UNIFORM = tuple(c.name for c in CONTINUOUS if c.low > 0 and c.high / c.low >= 10)
+
+
+def design_conditions(n_interior: int = 256, n_faces: int = 64, n_heldout: int = 32, seed: int = 0,
+                      n_log_uniform: int = 0) -> dict[str, list[dict]]:
+    """``{"train": [...], "heldout": [...]}`` condition dicts with the virtual lab's names.
+
+    The ``n_log_uniform`` extra training points come after the interior and face points, so a design with them
+    starts with the same conditions (and :func:`build_training_set` renders those as the same samples)."""
+    if min(n_interior, n_faces, n_heldout, n_log_uniform) < 0:
+        raise ValueError("condition counts must be >= 0")
     d = len(CONTINUOUS)
     rng = np.random.default_rng(seed)
     interior = qmc.Sobol(d, scramble=True, seed=seed).random(n_interior)
@@ -69,6 +83,11 @@ def design_conditions(n_interior: int = 256, n_faces: int = 64, n_heldout: int =
     faces[np.arange(n_faces), rng.integers(d, size=n_faces)] = rng.integers(2, size=n_faces)
     heldout = 0.1 + 0.8 * qmc.Sobol(d, scramble=True, seed=seed + 1000).random(n_heldout)
     train = [_from_unit(u, i) for i, u in enumerate(np.concatenate([interior, faces]))]
+    if n_log_uniform:
+        with warnings.catch_warnings():  # any count is fine here: these points add to a balanced design
+            warnings.filterwarnings("ignore", message="The balance properties of Sobol")
+            extra = qmc.Sobol(d, scramble=True, seed=seed + 5000).random(n_log_uniform)
+        train += [_from_unit(u, i + 1, log=LOG_UNIFORM) for i, u in enumerate(extra)]
     held = [_from_unit(u, i + 1) for i, u in enumerate(heldout)]
     return {"train": train, "heldout": held}
 
@@ -132,14 +151,14 @@ def _render_job(args) -> list[dict]:
 
 def build_training_set(out_dir: str | Path, *, n_interior: int = 256, n_faces: int = 64, n_heldout: int = 32,
                        seed: int = 0, n_tiles: int = TILES_PER_MAGNIFICATION, workers: int = 2,
-                       progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+                       progress: Callable[[int], None] | None = None, n_log_uniform: int = 0) -> pd.DataFrame:
     """Render the design into ``out_dir`` (tiles + ``tiles.parquet`` + ``design.json``); returns the table."""
     out_dir = Path(out_dir)
     if (out_dir / TABLE).exists():
         raise FileExistsError(f"{out_dir / TABLE} exists: a training set is already there; choose another "
                               "directory or delete it")
     out_dir.mkdir(parents=True, exist_ok=True)
-    design = design_conditions(n_interior, n_faces, n_heldout, seed)
+    design = design_conditions(n_interior, n_faces, n_heldout, seed, n_log_uniform)
     (out_dir / "design.json").write_text(json.dumps(design, indent=1))
     jobs, cid = [], 0
     for split in ("train", "heldout"):

@@ -36,6 +36,26 @@ def test_build_data_writes_tiles_and_a_table_and_refuses_to_overwrite(tiny_data)
     assert result.exit_code == 2 and "already there" in result.stderr
 
 
+def test_log_uniform_conditions_extend_the_design_and_fill_the_low_decades(tmp_path):
+    from flows.surrogate_data import LOG_UNIFORM, design_conditions
+
+    assert LOG_UNIFORM == ("naoh_wt_pct", "nh4oh_wt_pct", "time_min")
+    plain, extended = design_conditions(), design_conditions(n_log_uniform=64)
+    assert extended["train"][:320] == plain["train"] and extended["heldout"] == plain["heldout"]
+    extra = extended["train"][320:]
+    assert len(extra) == 64 and not any(c in plain["train"] + plain["heldout"] for c in extra)
+    for name, low, high in (("nh4oh_wt_pct", 0.05, 3.0), ("time_min", 30.0, 1440.0)):
+        values = np.array([c[name] for c in extra])
+        linear = np.array([c[name] for c in plain["train"]])
+        assert low <= values.min() and values.max() <= high
+        # half the log-uniform points lie below the geometric middle of the range, a tenth of the linear ones
+        middle = np.sqrt(low * high)
+        assert 0.4 < np.mean(values < middle) < 0.6 and np.mean(linear < middle) < 0.15
+    assert np.ptp([c["ph"] for c in extra]) > 1.5  # the other conditions stay linear over their whole range
+    result = invoke("surrogate", "build-data", "--out", tmp_path / "s", "--log-uniform", -1)
+    assert result.exit_code == 2 and "--log-uniform" in result.stderr and not (tmp_path / "s").exists()
+
+
 def test_train_writes_a_loadable_model_with_its_training_descriptors(tiny_data, tmp_path, prefect_harness):
     result = invoke("surrogate", "train", "--data", tiny_data, "--out", tmp_path / "m", "--minutes", 0.02)
     assert result.exit_code == 0, result.stderr
