@@ -83,7 +83,7 @@ def build_data(
             table = build_training_set(out, n_interior=n_interior, n_faces=n_faces, n_heldout=n_heldout,
                                        seed=seed, workers=workers, progress=lambda k: progress.advance(task, k),
                                        n_log_uniform=n_log_uniform)
-    except FileExistsError as exc:
+    except (FileExistsError, ValueError) as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2)
     _err(f"wrote {len(table)} tiles to {out}")

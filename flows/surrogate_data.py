@@ -74,8 +74,10 @@ def design_conditions(n_interior: int = 256, n_faces: int = 64, n_heldout: int =
 
     The ``n_log_uniform`` extra training points come after the interior and face points, so a design with them
     starts with the same conditions (and :func:`build_training_set` renders those as the same samples)."""
-    if min(n_interior, n_faces, n_heldout, n_log_uniform) < 0:
-        raise ValueError("condition counts must be >= 0")
+    counts = {"interior": n_interior, "faces": n_faces, "heldout": n_heldout, "log-uniform": n_log_uniform}
+    negative = {k: v for k, v in counts.items() if v < 0}
+    if negative:
+        raise ValueError(f"condition counts must be >= 0, got {', '.join(f'--{k} {v}' for k, v in negative.items())}")
     d = len(CONTINUOUS)
     rng = np.random.default_rng(seed)
     interior = qmc.Sobol(d, scramble=True, seed=seed).random(n_interior)
@@ -157,8 +159,8 @@ def build_training_set(out_dir: str | Path, *, n_interior: int = 256, n_faces: i
     if (out_dir / TABLE).exists():
         raise FileExistsError(f"{out_dir / TABLE} exists: a training set is already there; choose another "
                               "directory or delete it")
+    design = design_conditions(n_interior, n_faces, n_heldout, seed, n_log_uniform)  # bad counts fail here
     out_dir.mkdir(parents=True, exist_ok=True)
-    design = design_conditions(n_interior, n_faces, n_heldout, seed, n_log_uniform)
     (out_dir / "design.json").write_text(json.dumps(design, indent=1))
     jobs, cid = [], 0
     for split in ("train", "heldout"):

@@ -52,8 +52,9 @@ def test_log_uniform_conditions_extend_the_design_and_fill_the_low_decades(tmp_p
         middle = np.sqrt(low * high)
         assert 0.4 < np.mean(values < middle) < 0.6 and np.mean(linear < middle) < 0.15
     assert np.ptp([c["ph"] for c in extra]) > 1.5  # the other conditions stay linear over their whole range
-    result = invoke("surrogate", "build-data", "--out", tmp_path / "s", "--log-uniform", -1)
-    assert result.exit_code == 2 and "--log-uniform" in result.stderr and not (tmp_path / "s").exists()
+    for flag in ("--log-uniform", "--interior"):
+        result = invoke("surrogate", "build-data", "--out", tmp_path / "s", flag, -1)
+        assert result.exit_code == 2 and flag in result.stderr and not (tmp_path / "s").exists()
 
 
 def test_train_writes_a_loadable_model_with_its_training_descriptors(tiny_data, tmp_path, prefect_harness):
