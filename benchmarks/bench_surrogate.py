@@ -91,7 +91,7 @@ def matmul_gflops(bfloat16: bool, size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 / seconds / 1e9
 
 
-def compute_budget(predictor: SurrogatePredictor, conditions: list[dict], n: int, steps: int) -> dict:
+def compute_budget(predictor: SurrogatePredictor, conditions: list[dict], n: int) -> dict:
     """FLOPs (convolutions and matrix products; elementwise work not counted) of generating one condition's
     tiles at this setting, and the rate :data:`GOAL_CONDITIONS_PER_S` would need."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -106,7 +106,7 @@ def compute_budget(predictor: SurrogatePredictor, conditions: list[dict], n: int
         with FlopCounterMode(display=False) as counter:
             sur.vae.decode(latents / cfg.latent_scale)
         decoder = counter.get_total_flops() / 16
-    setting = {"low": (n, steps), "high": (predictor.high_images or n, predictor.high_steps or steps)}
+    setting = predictor.tile_setting(n)
     passes = {mag: sur.denoiser_passes(mag, s, predictor.guidance_scale) for mag, (_, s) in setting.items()}
     per_condition = sum(k * (passes[mag] * unet + decoder) for mag, (k, _) in setting.items())
     return {"denoiser_gflop_per_pass": unet / 1e9, "decoder_gflop_per_tile": decoder / 1e9,
@@ -156,7 +156,7 @@ def main() -> None:
                 row["baseline"] = base
                 row["over_baseline"] = batched["conditions_per_s"] / base["conditions_per_s"]
             if args.flops:
-                budget = compute_budget(predictor, conditions, args.n, steps)
+                budget = compute_budget(predictor, conditions, args.n)
                 budget["generation_gflop_per_s"] = (budget["gflop_per_condition"] * len(conditions)
                                                     / batched["generate_s"])
                 budget["host_matmul_gflop_per_s"] = matmul_gflops(resolve_bfloat16(precision))
@@ -193,7 +193,7 @@ def main() -> None:
                   f"decoder {c['decoder_gflop_per_tile']:.3f} GFLOP per tile); {GOAL_CONDITIONS_PER_S:.0f} "
                   f"conditions/s need {c['goal_gflop_per_s']:.0f} GFLOP/s; generation here ran at "
                   f"{c['generation_gflop_per_s']:.0f}; this host's matrix multiply {c['host_matmul_gflop_per_s']:.0f}")
-    print(f"peak RSS {peak_mib:.0f} MiB; goal 10 conditions/s")
+    print(f"peak RSS {peak_mib:.0f} MiB; goal {GOAL_CONDITIONS_PER_S:.0f} conditions/s")
     if training:
         print(f"training: {training.get('wall_seconds', float('nan')):.0f} s wall for a "
               f"{training.get('minutes_budget')} min budget")

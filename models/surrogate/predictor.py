@@ -121,12 +121,16 @@ class SurrogatePredictor:
                   if stack is None or k not in stack.weights or stack.weights[k][1] > 0}
         return tuple(m for m in ("low", "high") if m in needed)
 
+    def tile_setting(self, n_images: int) -> dict[str, tuple[int, int | None]]:
+        """``{magnification: (tiles per condition, solver steps)}`` of a prediction with ``n_images`` (steps
+        ``None``: the model's default)."""
+        return {"low": (n_images, self.steps), "high": (self.high_images or n_images, self.high_steps or self.steps)}
+
     def generate(self, conditions: Sequence[Mapping[str, Any]], n_images: int, seed: int,
                  progress=None, magnifications: Sequence[str] = ("low", "high")) -> dict[str, np.ndarray]:
         """``{"low": n x k x H x W, "high": n x k' x H x W}`` (the ``magnifications`` asked for; ``k'`` is
         ``high_images`` when set, else ``k = n_images``)."""
-        setting = {"low": (n_images, self.steps),
-                   "high": (self.high_images or n_images, self.high_steps or self.steps)}  # (tiles, steps)
+        setting = self.tile_setting(n_images)
         return {mag: self.surrogate.generate(conditions, mag, setting[mag][0], seed, steps=setting[mag][1],
                                              guidance_scale=self.guidance_scale, batch_size=self.batch_size,
                                              progress=progress, precision=self.precision,
