@@ -264,14 +264,15 @@ def stack(
 
 def _with_sample_progress(description: str, total: int, as_json: bool, run) -> dict:
     """``run(progress)`` under a progress bar of ``total`` samples; its summary printed (one JSON object on stdout
-    with ``as_json``, else indented on stderr) and returned; a ValueError exits 2 with its message."""
+    with ``as_json``, else indented on stderr) and returned; a ValueError or a missing file exits 2 with its
+    message."""
     from rich.progress import Progress
 
     with Progress(console=_console(), transient=True) as bar:
         task = bar.add_task(description, total=total)
         try:
             summary = run(lambda k: bar.advance(task, k))
-        except ValueError as exc:
+        except (ValueError, FileNotFoundError) as exc:
             _err(f"error: {exc}")
             raise typer.Exit(2)
     if as_json:
@@ -288,6 +289,9 @@ def measure_training(
     world_seed: int = typer.Option(0, "--world-seed", help="The virtual lab's world the training set came from."),
     workers: int = typer.Option(2, "--workers", min=1, help="Samples made and measured at once."),
     restack: bool = typer.Option(True, "--restack/--no-restack", help="Refit the model's descriptor stacks."),
+    reuse_from: Optional[Path] = typer.Option(
+        None, "--reuse-from", help="Another model folder (e.g. the one this was warm-started from): its measured "
+                                   "samples that are the same samples are taken, not made again."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
 ) -> None:
     """Make the training samples again in the virtual lab (same world and batch seeds) and measure their full
@@ -300,8 +304,10 @@ def measure_training(
     n = len(json.loads((model_dir / TRAINING_DESCRIPTORS_FILE).read_text()))
     summary = _with_sample_progress("training samples made and measured", n, as_json,
                                     lambda progress: measure(model_dir, data_seed, world_seed, workers, restack,
-                                                             progress=progress))
-    _err(f"measured descriptors of {summary['n_conditions']} training samples written to {model_dir}; "
+                                                             progress=progress, reuse_from=reuse_from))
+    _err(f"measured descriptors of {summary['n_conditions']} training samples ({summary['n_reused']} taken from "
+         f"{reuse_from}) written to {model_dir}; " if reuse_from else
+         f"measured descriptors of {summary['n_conditions']} training samples written to {model_dir}; "
          f"{len(summary['stacks'])} stack(s) refitted")
 
 
@@ -316,6 +322,9 @@ def measure_lab(
         False, "--keep-hyperparameters",
         help="Condition the GP on all samples with its fitted length scales and noise instead of fitting them "
              "again (seconds instead of many minutes once there are thousands of samples)."),
+    reuse_from: Optional[Path] = typer.Option(
+        None, "--reuse-from", help="Another model folder (e.g. the one this was warm-started from): its measured "
+                                   "samples that are the same samples are taken, not made again."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
 ) -> None:
     """Make N more samples in the virtual lab at space-filling conditions and measure them as every experiment is
@@ -329,9 +338,10 @@ def measure_lab(
     model_dir = _model_with_training_descriptors(model, "add lab samples to")
     summary = _with_sample_progress("lab samples made and measured", n, as_json,
                                     lambda progress: measure(model_dir, n, world_seed, workers, restack,
-                                                             progress=progress,
+                                                             progress=progress, reuse_from=reuse_from,
                                                              keep_hyperparameters=keep_hyperparameters))
-    _err(f"{summary['n_new']} lab samples measured ({summary['n_lab_samples']} in all) and written to {model_dir}; "
+    _err(f"{summary['n_new']} lab samples measured ({summary['n_reused']} taken from {reuse_from}; "
+         f"{summary['n_lab_samples']} in all) and written to {model_dir}; "
          f"{len(summary['stacks'])} stack(s) refitted")
 
 

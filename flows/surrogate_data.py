@@ -209,7 +209,8 @@ def _measure_job(args) -> dict[str, Any]:
 
 
 def measure_training_samples(table: pd.DataFrame, *, data_seed: int = 0, world_seed: int = 0, workers: int = 2,
-                             progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+                             progress: Callable[[int], None] | None = None,
+                             known: pd.DataFrame | None = None) -> pd.DataFrame:
     """``table`` (one row per training condition, e.g. a model's ``training_descriptors.json``) with
     ``measured_*`` columns: each condition's training sample made again in the virtual lab (same world, same
     batch-noise seed, so the same sample) and imaged by the lab's SEM at full frame, then measured by
@@ -218,18 +219,48 @@ def measure_training_samples(table: pd.DataFrame, *, data_seed: int = 0, world_s
     The tiles a surrogate learns from are small crops whose descriptors are calibrated to the simulator's truth;
     what the lab (and every campaign) measures is ``describe`` on full frames, which reads texture and the
     sphericities differently. Predictions meant to be compared with measurements learn from these columns.
+
+    ``known``: an earlier table with ``measured_*`` columns (e.g. the model this one was warm-started from). A row
+    with the same condition id, conditions and true morphology is the same sample made in the same world, so its
+    measurements are taken from there instead of being made again (their number: ``attrs["n_reused"]``).
     """
     if "condition_id" not in table.columns:
         raise ValueError("the table needs a condition_id column (one row per training condition)")
     truth_names = [c for c in table.columns if c.startswith("true_")]
+    reused = _reusable_rows(table, known, "condition_id", truth_names)
+    if progress and len(reused):
+        progress(len(reused))
     jobs = []
     for (_, row), conditions in zip(table.iterrows(), conditions_of(table)):
         cid = int(row["condition_id"])
+        if cid in reused.index:
+            continue
         truth = {n[len("true_"):]: float(row[n]) for n in truth_names}
         jobs.append((cid, conditions, truth, world_seed, training_sample_seed(cid, data_seed)))
-    measured = pd.DataFrame(_run_jobs(_measure_job, jobs, workers, progress))
+    measured = pd.concat([reused.reset_index(), pd.DataFrame(_run_jobs(_measure_job, jobs, workers, progress))],
+                         ignore_index=True)
     kept = table.drop(columns=[c for c in table.columns if c.startswith(MEASURED_PREFIX)])
-    return kept.merge(measured, on="condition_id", how="left")
+    out = kept.merge(measured, on="condition_id", how="left")
+    out.attrs["n_reused"] = len(reused)
+    return out
+
+
+def _reusable_rows(table: pd.DataFrame, known: pd.DataFrame | None, key: str, match: list[str]) -> pd.DataFrame:
+    """The ``measured_*`` columns of the rows of ``known`` that describe the same sample as a row of ``table``
+    (same ``key``, equal ``cond_*`` and ``match`` columns), indexed by ``key``; empty without ``known``."""
+    names = [MEASURED_PREFIX + k for k in DESCRIPTOR_NAMES]
+    same = [c for c in table.columns if c.startswith("cond_") or c in match]
+    if known is None or not {key, *same, *names} <= set(known.columns):
+        return pd.DataFrame({n: pd.Series(dtype=float) for n in names}, index=pd.Index([], name=key))
+    pairs = table[[key, *same]].merge(known[[key, *same, *names]], on=key, suffixes=("", "_known"))
+    equal = np.ones(len(pairs), dtype=bool)
+    for c in same:
+        a, b = pairs[c], pairs[c + "_known"]
+        if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
+            equal &= np.isclose(a.to_numpy(float), b.to_numpy(float), rtol=1e-9, atol=1e-12)
+        else:
+            equal &= (a.astype(str) == b.astype(str)).to_numpy()
+    return pairs.loc[equal, [key, *names]].drop_duplicates(key).set_index(key)
 
 
 #: Batch-noise seed of lab sample 0 (:func:`lab_sample_seed`); apart from the training samples' (10 000 + id).
@@ -269,18 +300,32 @@ def _measure_lab_job(args) -> dict[str, Any]:
 
 
 def measure_lab_samples(n: int, *, start: int = 0, world_seed: int = 0, workers: int = 2,
-                        progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+                        progress: Callable[[int], None] | None = None,
+                        known: pd.DataFrame | None = None) -> pd.DataFrame:
     """``n`` lab samples at conditions ``start ..`` of :func:`lab_design`, each made once in the virtual lab
     (world ``world_seed``, batch seed :func:`lab_sample_seed`) and measured with ``describe`` on its full SEM
     frames. One row per sample: ``sample_index``, ``sample_seed``, ``cond_*`` and ``measured_*`` columns.
 
     These are what a lab holds beyond the images a surrogate was trained on (historical batches, earlier
     campaigns): they cost an experiment each but no training, and the training-set GP learns from them.
+
+    ``known``: an earlier lab table made in the same world (another model's ``lab_descriptors.json``); its rows
+    with the same sample index, batch seed and conditions are the same experiments and are taken from there (their number: ``attrs["n_reused"]``).
     """
     if n < 1:
         raise ValueError(f"the number of lab samples must be >= 1, got {n}")
-    jobs = [(start + i, c, world_seed) for i, c in enumerate(lab_design(start, n))]
-    return pd.DataFrame(_run_jobs(_measure_lab_job, jobs, workers, progress))
+    design = lab_design(start, n)
+    planned = pd.DataFrame([{"sample_index": start + i, "sample_seed": lab_sample_seed(start + i),
+                             **{f"cond_{k}": v for k, v in c.items()}} for i, c in enumerate(design)])
+    reused = _reusable_rows(planned, known, "sample_index", ["sample_seed"])
+    if progress and len(reused):
+        progress(len(reused))
+    jobs = [(start + i, c, world_seed) for i, c in enumerate(design) if start + i not in reused.index]
+    made = pd.DataFrame(_run_jobs(_measure_lab_job, jobs, workers, progress))
+    taken = planned.merge(reused.reset_index(), on="sample_index")
+    out = pd.concat([taken, made], ignore_index=True).sort_values("sample_index", ignore_index=True)
+    out.attrs["n_reused"] = len(reused)
+    return out
 
 
 def load_training_set(data_dir: str | Path) -> pd.DataFrame:

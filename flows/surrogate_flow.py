@@ -127,12 +127,16 @@ def stack_descriptors(model_dir: str | Path, n_conditions: int = 160, n_images: 
 
 
 def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int = 0, workers: int = 2,
-                     restack: bool = True, progress: Callable[[int], None] | None = None) -> dict:
+                     restack: bool = True, progress: Callable[[int], None] | None = None,
+                     reuse_from: str | Path | None = None) -> dict:
     """Add what the lab measures of a saved model's training samples (``measured_*`` columns of
     ``training_descriptors.json``, :func:`flows.surrogate_data.measure_training_samples`), refit and save the
     training-set GP on them, and (``restack``) refit every descriptor stack the model has, since a stack fitted
     against the old values would predict on their scale. Returns R² of the tile descriptors against the
-    measured ones (how far apart the two scales are) and the refitted stacks."""
+    measured ones (how far apart the two scales are) and the refitted stacks.
+
+    ``reuse_from``: another model folder (e.g. the one this model was warm-started from) whose measured training
+    samples are the same samples (same id, conditions and true morphology); those are not made again."""
     from models.checkpointing import atomic_write
     from models.surrogate.calibration import training_measured_descriptors, training_tile_descriptors
     from models.surrogate.fidelity import r2_score
@@ -141,14 +145,15 @@ def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int 
     model = LatentDiffusionSurrogate.from_pretrained(model_dir)
     if model.training_descriptors is None:
         raise ValueError(f"{model_dir} has no {TRAINING_DESCRIPTORS_FILE}")
+    known = _saved_table(reuse_from, TRAINING_DESCRIPTORS_FILE)
     table = measure_training_samples(model.training_descriptors, data_seed=data_seed, world_seed=world_seed,
-                                     workers=workers, progress=progress)
+                                     workers=workers, progress=progress, known=known)
     atomic_write(model_dir / TRAINING_DESCRIPTORS_FILE,
                  lambda path: table.to_json(path, orient="records", indent=1))
     model.training_descriptors = table
     _, tile = training_tile_descriptors(table, model.config)
     _, measured = training_measured_descriptors(table, model.config)
-    summary = {"n_conditions": int(len(table)),
+    summary = {"n_conditions": int(len(table)), "n_reused": table.attrs["n_reused"],
                "unmeasured": {k: int(np.isnan(measured[:, j]).sum()) for j, k in enumerate(DESCRIPTOR_NAMES)},
                "r2_tile_vs_measured": {k: r2_score(measured[:, j], tile[:, j]) for j, k in enumerate(DESCRIPTOR_NAMES)}}
     _refit_gp(model_dir, model)
@@ -156,7 +161,8 @@ def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int 
 
 
 def measure_lab(model_dir: str | Path, n: int, world_seed: int = 0, workers: int = 2, restack: bool = True,
-                progress: Callable[[int], None] | None = None, keep_hyperparameters: bool = False) -> dict:
+                progress: Callable[[int], None] | None = None, keep_hyperparameters: bool = False,
+                reuse_from: str | Path | None = None) -> dict:
     """Make and measure ``n`` more lab samples for a saved model (:func:`flows.surrogate_data.measure_lab_samples`,
     continuing the design after the samples it already has), append them to ``lab_descriptors.json``, refit the
     training-set GP on training and lab samples, and (``restack``) refit every descriptor stack. Returns the
@@ -164,7 +170,10 @@ def measure_lab(model_dir: str | Path, n: int, world_seed: int = 0, workers: int
 
     ``keep_hyperparameters``: the GP keeps its fitted length scales and noise and conditions on all samples
     instead of fitting them again. An exact fit costs O(n³) per optimiser step (219 s on 1280 samples on 2
-    cores, ~15x that on 3200); conditioning costs one Cholesky factorisation (seconds)."""
+    cores, ~15x that on 3200); conditioning costs one Cholesky factorisation (seconds).
+
+    ``reuse_from``: another model folder whose lab samples (``lab_descriptors.json``, same world) are the same
+    experiments; those are taken from there instead of being made again."""
     from models.checkpointing import atomic_write
     from models.surrogate.descriptors import LAB_DESCRIPTORS_FILE
 
@@ -177,12 +186,15 @@ def measure_lab(model_dir: str | Path, n: int, world_seed: int = 0, workers: int
                          "add lab samples once without --keep-hyperparameters")
     old = model.lab_descriptors
     start = 0 if old is None else int(old["sample_index"].max()) + 1
-    new = measure_lab_samples(n, start=start, world_seed=world_seed, workers=workers, progress=progress)
+    known = _saved_table(reuse_from, LAB_DESCRIPTORS_FILE)
+    new = measure_lab_samples(n, start=start, world_seed=world_seed, workers=workers, progress=progress,
+                              known=known)
     table = new if old is None else pd.concat([old, new], ignore_index=True)
     atomic_write(model_dir / LAB_DESCRIPTORS_FILE, lambda path: table.to_json(path, orient="records", indent=1))
     model.lab_descriptors = table
     gp = _refit_gp(model_dir, model, keep_hyperparameters)
-    summary = {"n_new": int(len(new)), "n_lab_samples": int(len(table)),
+    summary = {"n_new": int(len(new)), "n_reused": new.attrs["n_reused"],
+               "n_lab_samples": int(len(table)),
                "n_training_samples": int(len(model.training_descriptors)),
                "unmeasured": {k: int(new[MEASURED_PREFIX + k].isna().sum()) for k in DESCRIPTOR_NAMES},
                "gp_cv_r2": _gp_cv_r2(model, gp)}
@@ -223,6 +235,16 @@ def fit_gp(model_dir: str | Path, fit_rows: int | None = None,
                "gp_log_ratios": model.config.gp_log_ratios, "gp_log_conditions": model.config.gp_log_conditions,
                "gp_cv_r2": _gp_cv_r2(model, gp)}
     return {**summary, "stacks": _restack(model_dir, model) if restack else []}
+
+
+def _saved_table(model_dir: str | Path | None, name: str) -> pd.DataFrame | None:
+    """The table ``name`` saved in another model folder (None without a folder)."""
+    if model_dir is None:
+        return None
+    path = Path(model_dir) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: --reuse-from needs a model folder holding {name}")
+    return pd.read_json(path, orient="records")
 
 
 def _gp_cv_r2(model: LatentDiffusionSurrogate, gp) -> dict[str, float]:

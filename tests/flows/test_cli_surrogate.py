@@ -242,6 +242,48 @@ def test_measure_training_reproduces_the_samples_and_measures_them_as_the_lab_do
     assert result.exit_code == 2 and "another --seed" in result.stderr
 
 
+def test_reuse_from_takes_the_same_samples_measurements_and_makes_only_the_others(tmp_path):
+    model, shipped = _small_copy_of_shipped_model(tmp_path, 3)
+    rows = [{k: v for k, v in row.items() if not k.startswith("measured_")} for row in shipped[:3]]
+    rows[1]["true_d50_um"] += 0.5  # not the sample the donor measured: made and measured again
+    (model / "training_descriptors.json").write_text(json.dumps(rows))
+    result = invoke("surrogate", "measure-training", "--model", model, "--workers", 1, "--no-restack",
+                    "--reuse-from", DEFAULT_MODEL_DIR, "--json")
+    # the lab makes condition 1's sample with its real D50, which no longer matches the edited truth
+    assert result.exit_code == 2 and "another --seed" in result.stderr
+    rows[1]["true_d50_um"] -= 0.5
+    (model / "training_descriptors.json").write_text(json.dumps(rows[:2]))  # both the donor's samples
+    result = invoke("surrogate", "measure-training", "--model", model, "--workers", 1, "--no-restack",
+                    "--reuse-from", DEFAULT_MODEL_DIR, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["n_reused"] == 2
+    measured = json.loads((model / "training_descriptors.json").read_text())
+    for row, before in zip(measured, shipped[:2]):
+        assert {k: v for k, v in row.items() if k.startswith("measured_")} == \
+            {k: v for k, v in before.items() if k.startswith("measured_")}
+
+    # lab samples: the donor's first two are the same experiments; the third is made
+    lab = json.loads((DEFAULT_MODEL_DIR / "lab_descriptors.json").read_text())
+    donor = tmp_path / "donor"
+    donor.mkdir()
+    (donor / "lab_descriptors.json").write_text(json.dumps(lab[:2]))
+    result = invoke("surrogate", "measure-lab", "--model", model, "--n", 3, "--workers", 1, "--no-restack",
+                    "--reuse-from", donor, "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["n_new"], summary["n_reused"]) == (3, 2)
+    made = json.loads((model / "lab_descriptors.json").read_text())
+    assert [r["sample_index"] for r in made] == [0, 1, 2]
+    for row, before in zip(made, lab[:3]):  # taken or made, the same numbers as the shipped lab samples
+        assert row["sample_seed"] == before["sample_seed"]
+        assert row["measured_d50_um"] == pytest.approx(before["measured_d50_um"], rel=1e-9)
+        assert row["measured_texture"] == pytest.approx(before["measured_texture"], rel=1e-9)
+
+    result = invoke("surrogate", "measure-lab", "--model", model, "--n", 1, "--reuse-from", tmp_path / "none")
+    assert result.exit_code == 2 and "--reuse-from needs a model folder" in result.stderr
+    assert len(json.loads((model / "lab_descriptors.json").read_text())) == 3
+
+
 def test_fit_gp_fits_new_hyperparameters_with_a_log_ratio_input(tmp_path):
     from safetensors.torch import load_file
 
