@@ -292,6 +292,10 @@ def measure_training(
     reuse_from: Optional[Path] = typer.Option(
         None, "--reuse-from", help="Another model folder (e.g. the one this was warm-started from): its measured "
                                    "samples that are the same samples are taken, not made again."),
+    keep_hyperparameters: bool = typer.Option(
+        False, "--keep-hyperparameters",
+        help="Condition the GP on the measured samples with its fitted length scales and noise instead of fitting "
+             "them again (seconds instead of many minutes once the model holds thousands of lab samples)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
 ) -> None:
     """Make the training samples again in the virtual lab (same world and batch seeds) and measure their full
@@ -304,7 +308,8 @@ def measure_training(
     n = len(json.loads((model_dir / TRAINING_DESCRIPTORS_FILE).read_text()))
     summary = _with_sample_progress("training samples made and measured", n, as_json,
                                     lambda progress: measure(model_dir, data_seed, world_seed, workers, restack,
-                                                             progress=progress, reuse_from=reuse_from))
+                                                             progress=progress, reuse_from=reuse_from,
+                                                             keep_hyperparameters=keep_hyperparameters))
     _err(f"measured descriptors of {summary['n_conditions']} training samples ({summary['n_reused']} taken from "
          f"{reuse_from}) written to {model_dir}; " if reuse_from else
          f"measured descriptors of {summary['n_conditions']} training samples written to {model_dir}; "

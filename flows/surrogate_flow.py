@@ -128,7 +128,7 @@ def stack_descriptors(model_dir: str | Path, n_conditions: int = 160, n_images: 
 
 def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int = 0, workers: int = 2,
                      restack: bool = True, progress: Callable[[int], None] | None = None,
-                     reuse_from: str | Path | None = None) -> dict:
+                     reuse_from: str | Path | None = None, keep_hyperparameters: bool = False) -> dict:
     """Add what the lab measures of a saved model's training samples (``measured_*`` columns of
     ``training_descriptors.json``, :func:`flows.surrogate_data.measure_training_samples`), refit and save the
     training-set GP on them, and (``restack``) refit every descriptor stack the model has, since a stack fitted
@@ -136,7 +136,8 @@ def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int 
     measured ones (how far apart the two scales are) and the refitted stacks.
 
     ``reuse_from``: another model folder (e.g. the one this model was warm-started from) whose measured training
-    samples are the same samples (same id, conditions and true morphology); those are not made again."""
+    samples are the same samples (same id, conditions and true morphology); those are not made again.
+    ``keep_hyperparameters``: the GP keeps its length scales and noise (as :func:`measure_lab`)."""
     from models.checkpointing import atomic_write
     from models.surrogate.calibration import training_measured_descriptors, training_tile_descriptors
     from models.surrogate.fidelity import r2_score
@@ -145,6 +146,9 @@ def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int 
     model = LatentDiffusionSurrogate.from_pretrained(model_dir)
     if model.training_descriptors is None:
         raise ValueError(f"{model_dir} has no {TRAINING_DESCRIPTORS_FILE}")
+    if keep_hyperparameters and model.training_gp_state is None:
+        raise ValueError(f"{model_dir} has no fitted training-set GP whose hyperparameters could be kept; "
+                         "measure without --keep-hyperparameters")
     known = _saved_table(reuse_from, TRAINING_DESCRIPTORS_FILE)
     table = measure_training_samples(model.training_descriptors, data_seed=data_seed, world_seed=world_seed,
                                      workers=workers, progress=progress, known=known)
@@ -156,7 +160,7 @@ def measure_training(model_dir: str | Path, data_seed: int = 0, world_seed: int 
     summary = {"n_conditions": int(len(table)), "n_reused": table.attrs["n_reused"],
                "unmeasured": {k: int(np.isnan(measured[:, j]).sum()) for j, k in enumerate(DESCRIPTOR_NAMES)},
                "r2_tile_vs_measured": {k: r2_score(measured[:, j], tile[:, j]) for j, k in enumerate(DESCRIPTOR_NAMES)}}
-    _refit_gp(model_dir, model)
+    _refit_gp(model_dir, model, keep_hyperparameters)
     return {**summary, "stacks": _restack(model_dir, model) if restack else []}
 
 

@@ -275,6 +275,8 @@ def train_from_scratch(config: SurrogateConfig, data: TileSet, budget: TrainingB
     else:
         model = LatentDiffusionSurrogate(config) if init_from is None else LatentDiffusionSurrogate.from_pretrained(
             init_from)
+        if init_from is not None:
+            _forget_fits_on_generated_images(model)
         model.config.training_design = np.unique(model.schema.encode(data.conditions), axis=0).tolist()
     warm_start = init_from is not None and state is None  # a trained autoencoder: the denoiser phase only
     if ckpt is not None:
@@ -294,6 +296,19 @@ def train_from_scratch(config: SurrogateConfig, data: TileSet, budget: TrainingB
         summary["denoiser"] = {"steps": len(unet_losses), "final_loss": float(np.mean(unet_losses[-50:]))}
     summary["denoiser_seconds"] = time.monotonic() - t1
     return model, summary
+
+
+def _forget_fits_on_generated_images(model: LatentDiffusionSurrogate) -> None:
+    """A warm start keeps what the lab measured (lab samples, the training-set GP's length scales and noise, which
+    map conditions to measurements and do not depend on the denoiser) and drops what was fitted on the old
+    denoiser's images (descriptor stacks, generation calibration) or on the old training rows' scaling (the GP's
+    outcome transform): ``surrogate calibrate`` and ``stack`` fit them again for the new denoiser."""
+    from models.surrogate.stacking import hyperparameters_only
+
+    model.config.descriptor_stacks = []
+    model.config.generation_calibration = {}
+    if model.training_gp_state is not None:
+        model.training_gp_state = hyperparameters_only(model.training_gp_state)
 
 
 def fine_tune(model: LatentDiffusionSurrogate, new_data: TileSet, *, replay: TileSet | None = None,

@@ -243,8 +243,11 @@ def test_measure_training_reproduces_the_samples_and_measures_them_as_the_lab_do
 
 
 def test_reuse_from_takes_the_same_samples_measurements_and_makes_only_the_others(tmp_path):
-    model, shipped = _small_copy_of_shipped_model(tmp_path, 3)
-    rows = [{k: v for k, v in row.items() if not k.startswith("measured_")} for row in shipped[:3]]
+    import torch
+    from safetensors.torch import load_file
+
+    model, shipped = _small_copy_of_shipped_model(tmp_path, 4)
+    rows = [{k: v for k, v in row.items() if not k.startswith("measured_")} for row in shipped[:4]]
     rows[1]["true_d50_um"] += 0.5  # not the sample the donor measured: made and measured again
     (model / "training_descriptors.json").write_text(json.dumps(rows))
     result = invoke("surrogate", "measure-training", "--model", model, "--workers", 1, "--no-restack",
@@ -252,13 +255,17 @@ def test_reuse_from_takes_the_same_samples_measurements_and_makes_only_the_other
     # the lab makes condition 1's sample with its real D50, which no longer matches the edited truth
     assert result.exit_code == 2 and "another --seed" in result.stderr
     rows[1]["true_d50_um"] -= 0.5
-    (model / "training_descriptors.json").write_text(json.dumps(rows[:2]))  # both the donor's samples
+    (model / "training_descriptors.json").write_text(json.dumps(rows))  # all the donor's samples
+    fitted = load_file(str(model / "training_gp.safetensors"))
     result = invoke("surrogate", "measure-training", "--model", model, "--workers", 1, "--no-restack",
-                    "--reuse-from", DEFAULT_MODEL_DIR, "--json")
+                    "--reuse-from", DEFAULT_MODEL_DIR, "--keep-hyperparameters", "--json")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["n_reused"] == 2
+    assert json.loads(result.stdout)["n_reused"] == 4
+    kept = load_file(str(model / "training_gp.safetensors"))  # conditioned again, its length scales kept
+    hyper = [k for k in kept if "raw_lengthscale" in k or "raw_noise" in k]
+    assert len(hyper) >= 8 and all(torch.equal(kept[k], fitted[k]) for k in hyper)
     measured = json.loads((model / "training_descriptors.json").read_text())
-    for row, before in zip(measured, shipped[:2]):
+    for row, before in zip(measured, shipped[:4]):
         assert {k: v for k, v in row.items() if k.startswith("measured_")} == \
             {k: v for k, v in before.items() if k.startswith("measured_")}
 

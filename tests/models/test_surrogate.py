@@ -4,6 +4,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -279,6 +280,13 @@ def test_metrics():
 def test_warm_start_keeps_the_autoencoder_and_trains_the_denoiser_for_the_whole_budget(tmp_path):
     data = tiny_tiles(16)
     model, _ = train_from_scratch(tiny_config(), data, TrainingBudget(vae_steps=2, unet_steps=2, batch_size=4))
+    # what the first model had fitted: a stack and a calibration on its images, a GP state, lab samples
+    model.config.descriptor_stacks = [{"steps": 6, "n_images": 2, "weights": {}}]
+    model.config.generation_calibration = {"d50_um": [0.1, 1.0]}
+    model.training_gp_state = {"0.covar_module.raw_lengthscale": torch.tensor([[0.3]]),
+                               "0.outcome_transform.means": torch.tensor([[2.0]])}
+    model.training_descriptors = pd.DataFrame({"condition_id": [0], "measured_d50_um": [3.0]})
+    model.lab_descriptors = pd.DataFrame({"sample_index": [0], "measured_d50_um": [3.1]})
     model.save_pretrained(tmp_path / "first")
     budget = TrainingBudget(vae_steps=50, unet_steps=3, batch_size=4, checkpoint_every=2)
     warm, summary = train_from_scratch(tiny_config(), data, budget, checkpoint_dir=tmp_path / "ckpt",
@@ -289,6 +297,10 @@ def test_warm_start_keeps_the_autoencoder_and_trains_the_denoiser_for_the_whole_
     assert all(torch.equal(first.vae.state_dict()[k], v) for k, v in warm.vae.state_dict().items())
     assert any(not torch.equal(first.unet.state_dict()[k], v) for k, v in warm.unet.state_dict().items())
     assert warm.config.latent_scale == first.config.latent_scale
+    # fits on the old denoiser's images and the old rows' scaling are dropped; the lab's measurements stay
+    assert warm.config.descriptor_stacks == [] and warm.config.generation_calibration == {}
+    assert set(warm.training_gp_state) == {"0.covar_module.raw_lengthscale"}
+    assert warm.lab_descriptors["measured_d50_um"].tolist() == [3.1]
 
 
 @pytest.mark.parametrize("weight, low_share", [(1.0, (0.35, 0.65)), (9.0, (0.8, 1.0))])
