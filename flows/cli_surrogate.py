@@ -282,6 +282,11 @@ def _with_sample_progress(description: str, total: int, as_json: bool, run) -> d
     return summary
 
 
+def _reused(summary: dict, reuse_from: Optional[Path]) -> str:
+    """`` (N taken from DIR)`` when samples were copied from another model, else nothing."""
+    return f" ({summary['n_reused']} taken from {reuse_from})" if reuse_from else ""
+
+
 @surrogate_app.command("measure-training")
 def measure_training(
     model: Path = typer.Option(..., "--model", help="Model folder (training_descriptors.json and the GP rewritten)."),
@@ -310,10 +315,8 @@ def measure_training(
                                     lambda progress: measure(model_dir, data_seed, world_seed, workers, restack,
                                                              progress=progress, reuse_from=reuse_from,
                                                              keep_hyperparameters=keep_hyperparameters))
-    _err(f"measured descriptors of {summary['n_conditions']} training samples ({summary['n_reused']} taken from "
-         f"{reuse_from}) written to {model_dir}; " if reuse_from else
-         f"measured descriptors of {summary['n_conditions']} training samples written to {model_dir}; "
-         f"{len(summary['stacks'])} stack(s) refitted")
+    _err(f"measured descriptors of {summary['n_conditions']} training samples{_reused(summary, reuse_from)} "
+         f"written to {model_dir}; {len(summary['stacks'])} stack(s) refitted")
 
 
 @surrogate_app.command("measure-lab")
@@ -345,8 +348,8 @@ def measure_lab(
                                     lambda progress: measure(model_dir, n, world_seed, workers, restack,
                                                              progress=progress, reuse_from=reuse_from,
                                                              keep_hyperparameters=keep_hyperparameters))
-    _err(f"{summary['n_new']} lab samples measured ({summary['n_reused']} taken from {reuse_from}; "
-         f"{summary['n_lab_samples']} in all) and written to {model_dir}; "
+    _err(f"{summary['n_new']} lab samples measured{_reused(summary, reuse_from)} ({summary['n_lab_samples']} in "
+         f"all) and written to {model_dir}; "
          f"{len(summary['stacks'])} stack(s) refitted")
 
 
