@@ -73,12 +73,13 @@ class RunNotFound(KeyError):
 
 
 def open_run_store(data_dir: str | Path) -> RunStore | None:
-    """:meth:`RunStore.open` on ``data_dir``, or None (with a warning) when Tiled is not installed: the caller's
-    documents then go to its JSON-lines log only."""
+    """:meth:`RunStore.open` on ``data_dir``, or None (with a warning) when Tiled or bluesky's TiledWriter cannot
+    be imported: the caller's documents then go to its JSON-lines log only."""
     try:
         return RunStore.open(data_dir)
-    except ImportError as exc:  # Tiled's modules are imported by open()
-        logger.warning("Tiled is not installed (%s): runs go to documents.jsonl only", exc)
+    except ImportError as exc:  # Tiled's and bluesky's TiledWriter modules are imported by open()
+        logger.warning("Tiled or bluesky's TiledWriter cannot be imported (%s): runs go to documents.jsonl only; "
+                       "reinstall with `make test` or `pip install -e .` to get the pinned versions", exc)
         return None
 
 

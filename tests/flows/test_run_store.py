@@ -9,19 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tiled.server", reason="tiled[server] is not installed (pip install 'tiled[server,client]')")
-pytest.importorskip("bluesky.callbacks.tiled_writer", reason="this bluesky has no TiledWriter")
+# Tiled and bluesky's TiledWriter are dependencies: no import skips (see tests/flows/test_tiled_frames.py).
+import tifffile
+from bluesky import RunEngine
+from bluesky.utils import FailedStatus
 
-import tifffile  # noqa: E402
-from bluesky import RunEngine  # noqa: E402
-from bluesky.utils import FailedStatus  # noqa: E402
-
-from devices.lab import SimulatedLab  # noqa: E402
-from devices.plans import synthesize_and_image  # noqa: E402
-from devices.reactor import Reactor  # noqa: E402
-from devices.sem import SEM  # noqa: E402
-from flows.run_store import (BACKUP_DIR, CATALOG_FILE, RunNotFound, RunStore, StoreNotReadable,  # noqa: E402
-                             StoreNotWritable)
+from devices.lab import SimulatedLab
+from devices.plans import synthesize_and_image
+from devices.reactor import Reactor
+from devices.sem import SEM
+from flows.run_store import BACKUP_DIR, CATALOG_FILE, RunNotFound, RunStore, StoreNotReadable, StoreNotWritable
 
 SHAPE = (128, 128)
 # bluesky 1.15's TiledWriter calls tiled 0.2's append_partition with the old argument order (tiled accepts it).
