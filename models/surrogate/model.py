@@ -327,7 +327,8 @@ class LatentDiffusionSurrogate:
         """Generate tiles.
 
         ``guidance_scale`` and ``guidance_interval`` default to the magnification's values in the config.
-        ``batch_size`` tiles are denoised together (the tiles depend slightly on it under bfloat16) and decoded
+        ``batch_size`` tiles are denoised together (the tiles depend slightly on it: under bfloat16, and in float32
+        on CPUs whose kernels round per batch size, ~1e-6) and decoded
         ``decode_batch`` at a time (the same tiles for any value; :data:`DECODE_BATCH` is the fastest on CPU).
 
         ``precision``: ``auto`` (default) runs the denoiser and decoder under CPU bfloat16 autocast where the CPU

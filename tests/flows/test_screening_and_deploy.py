@@ -59,7 +59,10 @@ def _same(rows, direct):
     assert [r["conditions"] for r in rows] == [dict(c) for c in CONDITIONS]
     for row, expected in zip(rows, direct):
         for key, value in expected.items():
-            np.testing.assert_allclose(row["descriptors"][key], value, rtol=1e-6, equal_nan=True)
+            # Chunks are denoised in other batch sizes than one call, and CPU convolution kernels round differently
+            # per batch size (float32 on CPUs without bfloat16 too: texture moved by 1.5e-6 there). A wrong seed or
+            # a misaligned chunk moves descriptors by percents, far above this tolerance.
+            np.testing.assert_allclose(row["descriptors"][key], value, rtol=1e-4, equal_nan=True)
 
 
 def test_screening_in_chunks_on_threads_equals_one_predict_call(prefect_harness):
