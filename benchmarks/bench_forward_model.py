@@ -34,9 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_campaign import Lab  # noqa: E402  (sets Prefect's environment before importing flows)
+from loop.config import DESCRIPTORS  # noqa: E402
 from loop.space import SearchSpace  # noqa: E402
-
-DESCRIPTORS = ("d50_um", "sphericity_mean", "sphericity_std", "texture")
 
 
 def measure_reference(n_conditions: int, replicates: int, seed: int, work: Path) -> list[dict]:
