@@ -73,13 +73,14 @@ class RunNotFound(KeyError):
 
 
 def open_run_store(data_dir: str | Path) -> RunStore | None:
-    """:meth:`RunStore.open` on ``data_dir``, or None (with a warning) when Tiled or bluesky's TiledWriter cannot
-    be imported: the caller's documents then go to its JSON-lines log only."""
+    """:meth:`RunStore.open` on ``data_dir``, or None (with a warning) when Tiled or the TiledWriter
+    (bluesky-tiled-plugins) cannot be imported: the caller's documents then go to its JSON-lines log only."""
     try:
         return RunStore.open(data_dir)
-    except ImportError as exc:  # Tiled's and bluesky's TiledWriter modules are imported by open()
-        logger.warning("Tiled or bluesky's TiledWriter cannot be imported (%s): runs go to documents.jsonl only; "
-                       "reinstall with `make test` or `pip install -e .` to get the pinned versions", exc)
+    except ImportError as exc:  # Tiled and the TiledWriter are imported by open()
+        logger.warning("Tiled or the TiledWriter (bluesky-tiled-plugins) cannot be imported (%s): runs go to "
+                       "documents.jsonl only; reinstall with `make test` or `pip install -e .` to get the pinned "
+                       "versions", exc)
         return None
 
 
@@ -238,7 +239,7 @@ class RunStore:
         tiled_dir = _writable_tiled_dir(data_dir)
         register_consolidators()
         import httpx
-        from bluesky.callbacks.tiled_writer import TiledWriter
+        from bluesky_tiled_plugins import TiledWriter
         from tiled.catalog import from_uri as catalog_from_uri
         from tiled.client import from_uri as client_from_uri
         from tiled.config import Authentication

@@ -14,16 +14,17 @@ registers those files as external arrays (nothing is copied into the catalog):
   in an order only the datums tell:
 
   - :class:`FrameRowsNormalizer` gives each StreamDatum the file row of its frame as ``indices`` (what
-    event-model's StreamDatum indices mean: the slice of the resource), where bluesky's generic conversion
-    would use ``seq_num - 1``;
+    event-model's StreamDatum indices mean: the slice of the resource) and the event's own ``seq_num`` as
+    ``seq_nums``, where the generic conversion of bluesky-tiled-plugins 2.0 derives ``seq_nums`` from the
+    row (``row + 1``), which names a repeated event twice;
   - :class:`HDF5FrameRowsConsolidator` keeps the row of the *last* event of each ``seq_num``, so each stream
     reads as the complete scan the plan ended with (``N x H x W``, in ``seq_num`` order), not the interrupted
     attempt;
   - :class:`HDF5FrameRowsAdapter` serves those rows (lazily, through Dask) from the file.
 
-:class:`FrameRowsNormalizer` overrides a private method of bluesky 1.15's ``RunNormalizer`` and reads its caches
-(``_sres_cache``, ``_desc_name_by_uid``, ``_emitted``): ``tests/flows/test_tiled_frames.py`` fails if a bluesky
-release changes them.
+:class:`FrameRowsNormalizer` overrides a private method of ``RunNormalizer`` (bluesky-tiled-plugins 2.0, where
+bluesky 1.16 moved its Tiled writer) and reads its caches (``_sres_cache``, ``_desc_name_by_uid``, ``_emitted``):
+``tests/flows/test_tiled_frames.py`` fails if a release changes them.
 
 Register the consolidators with :func:`register_consolidators` before the first run is written, give
 ``TiledWriter`` :data:`SPEC_TO_MIMETYPE` and ``normalizer=FrameRowsNormalizer``, and give the catalog
@@ -49,8 +50,8 @@ SPEC_TO_MIMETYPE = {SEM_RESOURCE_SPEC: FRAME_TIFF_MIMETYPE, HDF5_FRAME_SPEC: HDF
 
 
 def register_consolidators() -> None:
-    """Register both consolidators with bluesky (idempotent)."""
-    from bluesky import consolidators
+    """Register both consolidators with bluesky-tiled-plugins' Tiled writer (idempotent)."""
+    from bluesky_tiled_plugins.writing import consolidators
 
     for cls in (_single_frame_tiff_consolidator(), _hdf5_frame_rows_consolidator()):
         for mimetype in cls.supported_mimetypes:
@@ -62,7 +63,7 @@ def _single_frame_tiff_consolidator() -> type:
     template) and cannot take a second StreamResource for the same data key. Our SEM writes one file per frame
     with one Resource each, so this subclass stacks frames (``N x H x W``, one TIFF per row) and takes each new
     StreamResource's file as the asset of the next frame."""
-    from bluesky import consolidators
+    from bluesky_tiled_plugins.writing import consolidators
 
     registered = consolidators.CONSOLIDATOR_REGISTRY.get(FRAME_TIFF_MIMETYPE)
     if registered is not None:
@@ -89,8 +90,7 @@ def _single_frame_tiff_consolidator() -> type:
 
 
 def _hdf5_frame_rows_consolidator() -> type:
-    from bluesky import consolidators
-    from tiled.structures.data_source import Asset
+    from bluesky_tiled_plugins.writing import consolidators
 
     registered = consolidators.CONSOLIDATOR_REGISTRY.get(HDF5_FRAME_ROWS_MIMETYPE)
     if registered is not None:
@@ -107,11 +107,13 @@ def _hdf5_frame_rows_consolidator() -> type:
         join_method = "stack"
 
         def __init__(self, stream_resource: dict, descriptor: dict) -> None:
-            super().__init__(stream_resource, descriptor)
-            self.assets.append(Asset(data_uri=self.uri, is_directory=False, parameter="data_uris", num=0))
+            # One frame per event: each row is the descriptor's H x W frame. The writer turns the Resource's
+            # ``frame_per_point: 1`` into ``multiplier: 1``, which would give every row an extra axis of length 1.
+            parameters = {k: v for k, v in stream_resource["parameters"].items() if k != "multiplier"}
+            super().__init__({**stream_resource, "parameters": parameters}, descriptor)  # file = asset #0
             self._row_of_seq_num: dict[int, int] = {}
 
-        def consume_stream_datum(self, doc: dict) -> None:
+        def consume_stream_datum(self, doc: dict) -> Any:
             rows = range(doc["indices"]["start"], doc["indices"]["stop"])
             seq_nums = range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"])
             if len(rows) != len(seq_nums):
@@ -120,6 +122,10 @@ def _hdf5_frame_rows_consolidator() -> type:
             self._row_of_seq_num.update(zip(seq_nums, rows))  # a rewound event replaces the one it repeats
             self._num_rows = len(self._row_of_seq_num)
             self._seqnums_to_indices_map = {s: i for i, s in enumerate(sorted(self._row_of_seq_num))}
+            # what changed, for Tiled's streaming subscribers: from the first position this datum wrote to the end
+            first = min(self._seqnums_to_indices_map[s] for s in seq_nums) if len(seq_nums) else self._num_rows
+            return consolidators.Patch(offset=(first, *[0] * len(self.datum_shape)),
+                                       shape=(self._num_rows - first, *self.datum_shape))
 
         def rows(self) -> list[int]:
             """File rows of the stream's frames, in ``seq_num`` order."""
@@ -137,18 +143,18 @@ def _hdf5_frame_rows_consolidator() -> type:
 
 
 def frame_rows_normalizer() -> type:
-    """:class:`FrameRowsNormalizer`, built on first use (bluesky's Tiled writer is an optional import)."""
-    from bluesky.callbacks.tiled_writer import RunNormalizer
+    """:class:`FrameRowsNormalizer`, built on first use (the Tiled writer is imported only when a store opens)."""
+    from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
     from event_model.documents.stream_datum import StreamDatum, StreamRange
 
     class FrameRowsNormalizer(RunNormalizer):
-        """bluesky's ``RunNormalizer``, except that a tomography frame's StreamDatum points at its file row.
+        """``RunNormalizer``, except that a tomography frame's StreamDatum points at its file row and keeps its
+        event's ``seq_num``.
 
-        The generic Resource/Datum conversion indexes the resource by ``seq_num - 1`` and gives it one
-        StreamResource per data key, which holds for a file per stream written once; our scan file holds three
-        streams and, after a beam loss, two attempts. Each stream gets its own StreamResource of the file, and
-        the datum's ``point_number`` (the frame's row in ``/entry/data/data``) becomes the StreamDatum's
-        ``indices``.
+        Our scan file holds three streams and, after a beam loss, two attempts. Each stream gets its own
+        StreamResource of the file; the datum's ``point_number`` (the frame's row in ``/entry/data/data``)
+        becomes the StreamDatum's ``indices`` and the event's ``seq_num`` its ``seq_nums`` (the generic
+        conversion numbers events by file row, so a repeated frame would not replace the one it repeats).
         """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -164,8 +170,7 @@ def frame_rows_normalizer() -> type:
                                            seq_num: int) -> tuple[dict | None, dict]:
             if datum_doc["resource"] not in self._frame_resources:
                 return super()._convert_datum_to_stream_datum(datum_doc, data_key, desc_uid, seq_num)
-            # one StreamResource per stream: bluesky's per-(resource, data key) uid would file the flats and
-            # projections under the darks' node
+            # one StreamResource per (file, data key, stream)
             stream = self._desc_name_by_uid[desc_uid]
             sres_uid = f"{datum_doc['resource']}-{data_key}-{stream}"
             sres_doc = None

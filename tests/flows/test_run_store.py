@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Tiled and bluesky's TiledWriter are dependencies: no import skips (see tests/flows/test_tiled_frames.py).
+# Tiled and the TiledWriter (bluesky-tiled-plugins) are dependencies: no import skips (see
+# tests/flows/test_tiled_frames.py).
 import tifffile
 from bluesky import RunEngine
 from bluesky.utils import FailedStatus
@@ -21,8 +22,6 @@ from devices.sem import SEM
 from flows.run_store import BACKUP_DIR, CATALOG_FILE, RunNotFound, RunStore, StoreNotReadable, StoreNotWritable
 
 SHAPE = (128, 128)
-# bluesky 1.15's TiledWriter calls tiled 0.2's append_partition with the old argument order (tiled accepts it).
-pytestmark = pytest.mark.filterwarnings("ignore:The order of arguments has changed:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-# Tiled and bluesky's TiledWriter are dependencies (pyproject.toml), so no skip here: a bluesky release that moves
-# the writer (1.16 did) must fail these tests rather than pass them by skipping.
-import bluesky.callbacks.tiled_writer  # noqa: F401
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
+# Tiled and the TiledWriter (bluesky-tiled-plugins since bluesky 1.16) are dependencies (pyproject.toml), so no
+# skip here: a release that moves the writer must fail these tests rather than pass them by skipping.
+import bluesky_tiled_plugins.writing.tiled_writer  # noqa: F401
 import tiled.server  # noqa: F401
 from bluesky import RunEngine
 
@@ -26,7 +26,6 @@ from simulators.tomography import ElectrodeCell
 
 N, DARKS, FLATS = 12, 3, 2
 IMAGE_KEY = {"dark": 2, "flat": 1, "primary": 0}
-pytestmark = pytest.mark.filterwarnings("ignore:The order of arguments has changed:DeprecationWarning")
 
 
 def interleaved_flats(st: TomoStation, n_projections: int = 6, flat_every: int = 2):
